@@ -1,0 +1,474 @@
+"""CelebAMask-HQ (local or S3) -> sharded Parquet + manifest, on Ray Data.
+
+Stages: list the raw tree on the driver (cheap: names only) -> Ray Data map tasks read, validate,
+merge and resize each sample -> a Datasink writes per-split shards and returns the quarantined
+rows -> the driver removes anything stale, writes quarantine.jsonl and finally manifest.json.
+A folder without manifest.json is, by contract, an incomplete run that the next run cleans up.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import posixpath
+import re
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import numpy as np
+import pyarrow as pa
+
+from maskgan import config as config_lib
+from maskgan import labels, storage
+from maskgan.data import celebamask as raw
+from maskgan.data import schema
+from maskgan.data.celebamask import BadSample, DecodeConfig
+from maskgan.storage import Location, StorageConfig
+
+log = logging.getLogger(__name__)
+
+# Fields that change speed, not output: a rerun that differs only in these is still up to date.
+NON_OUTPUT_FIELDS = ("storage", "batch_size", "read_threads", "progress")
+# Official proportions (24,183 / 2,993 / 2,824), used for the hash split when no mapping file exists.
+OFFICIAL_FRACTIONS = (0.8061, 0.0998, 0.0941)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PreprocessConfig:
+    """One preprocessing run: where from, where to, what a valid sample is, how to shard."""
+
+    source_uri: str = "data/celebamask-hq"
+    output_uri: str = "data/celebamask-parquet"
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    image_encoding: schema.ImageEncoding = "jpeg"
+    jpeg_quality: int = 95
+    shard_target_mb: float = 128.0
+    max_bad_fraction: float = 0.01  # fail the job when more than this fraction is quarantined
+    hash_split_fractions: tuple[float, float, float] = OFFICIAL_FRACTIONS
+    split_seed: int = 0
+    batch_size: int = 16  # samples per Ray Data map task
+    read_threads: int = 8  # concurrent reads per task (hides S3 latency)
+    progress: bool = True
+    storage: StorageConfig = field(default_factory=StorageConfig)
+
+    def __post_init__(self) -> None:
+        if self.image_encoding not in ("jpeg", "png", "raw"):
+            raise ValueError(f"image_encoding must be jpeg, png or raw, got {self.image_encoding!r}")
+        if not 1 <= self.jpeg_quality <= 100:
+            raise ValueError(f"jpeg_quality must be in 1..100, got {self.jpeg_quality}")
+        if self.shard_target_mb <= 0:
+            raise ValueError(f"shard_target_mb must be positive, got {self.shard_target_mb}")
+        if not 0 <= self.max_bad_fraction <= 1:
+            raise ValueError(f"max_bad_fraction must be in [0, 1], got {self.max_bad_fraction}")
+        if abs(sum(self.hash_split_fractions) - 1) > 1e-6 or min(self.hash_split_fractions) < 0:
+            raise ValueError(f"hash_split_fractions must be >= 0 and sum to 1, got {self.hash_split_fractions}")
+        if self.batch_size <= 0 or self.read_threads <= 0:
+            raise ValueError("batch_size and read_threads must be positive")
+        if not self.source_uri or not self.output_uri:
+            raise ValueError("source_uri and output_uri must both be set")
+        if self.source_uri.rstrip("/") == self.output_uri.rstrip("/"):
+            raise ValueError("output_uri must differ from source_uri")
+
+
+def preprocess_512() -> PreprocessConfig:
+    """The released data at the released resolution: 1024-px JPEGs, 512-px masks, 512 out."""
+    return PreprocessConfig()
+
+
+def preprocess_256() -> PreprocessConfig:
+    return PreprocessConfig(decode=DecodeConfig(resolution=256))
+
+
+def preprocess_tiny() -> PreprocessConfig:
+    """For tests and the quick-start: 64-px images, 32-px masks, 32 out, small shards."""
+    return PreprocessConfig(decode=DecodeConfig(resolution=32, mask_size=32), shard_target_mb=0.05, batch_size=4)
+
+
+PRESETS = {"preprocess_512": preprocess_512, "preprocess_256": preprocess_256, "preprocess_tiny": preprocess_tiny}
+
+
+class PreprocessError(RuntimeError):
+    """The run could not produce a complete output; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class Listing:
+    """The raw tree as names: candidate rows for Ray Data, plus what is already known to be bad."""
+
+    rows: list[dict]
+    quarantined: list[schema.QuarantineEntry]
+    num_input: int
+    ignored_files: list[str]
+    attribute_names: list[str]
+    split_source: str
+
+
+@dataclass(frozen=True)
+class PreprocessResult:
+    output_uri: str
+    manifest_uri: str
+    manifest: schema.Manifest
+    skipped: bool  # True when an identical finished run was already there
+    seconds: float
+
+
+# ---------------------------------------------------------------- listing (driver)
+
+
+def _read_text(location: Location) -> str | None:
+    if not storage.exists(location):
+        return None
+    return storage.read_bytes(location).decode("utf-8", errors="replace")
+
+
+def scan_source(config: PreprocessConfig) -> Listing:
+    """List images and part masks, group them by id, and attach split, attributes and pose."""
+    root = storage.resolve(config.source_uri, config.storage)
+    storage.check_reachable(root)
+    image_files = storage.list_files(root.join(raw.IMAGE_DIR), recursive=False)
+    mask_files = storage.list_files(root.join(raw.MASK_DIR), recursive=True)
+    if not image_files and not mask_files:
+        raise PreprocessError(
+            f"no CelebAMask-HQ data under {root.uri}: expected {raw.IMAGE_DIR}/<id>.jpg and "
+            f"{raw.MASK_DIR}/<folder>/<id:05d>_<part>.png; check source_uri"
+        )
+
+    ignored: list[str] = []
+    images: dict[int, str] = {}
+    for info in image_files:
+        match = raw.IMAGE_NAME.match(info.base_name)
+        if match:
+            images[int(match.group(1))] = info.path
+        else:
+            ignored.append(info.path)
+    masks: dict[int, dict[str, str]] = {}
+    unknown_parts: dict[int, list[str]] = {}
+    for info in mask_files:
+        match = raw.MASK_NAME.match(info.base_name)
+        if not match:
+            ignored.append(info.path)
+            continue
+        sample_id, part = int(match.group(1)), match.group(2)
+        if part in labels.PART_NAMES:
+            masks.setdefault(sample_id, {})[part] = info.path
+        else:
+            unknown_parts.setdefault(sample_id, []).append(info.path)
+
+    mapping_text = _read_text(root.join(raw.MAPPING_FILE))
+    mapping = raw.parse_mapping(mapping_text) if mapping_text is not None else None
+    attribute_text = _read_text(root.join(raw.ATTRIBUTE_FILE))
+    attribute_names, attributes = raw.parse_attributes(attribute_text) if attribute_text else ([], {})
+    pose_text = _read_text(root.join(raw.POSE_FILE))
+    poses = raw.parse_pose(pose_text) if pose_text else {}
+
+    rows: list[dict] = []
+    quarantined: list[schema.QuarantineEntry] = []
+    all_ids = sorted(set(images) | set(masks) | set(unknown_parts))
+    for sample_id in all_ids:
+        mask_paths = masks.get(sample_id, {})
+        files = tuple(p for p in ([images.get(sample_id)] + sorted(mask_paths.values())) if p)
+        if sample_id not in images:
+            reason = f"masks with no image (expected {raw.image_relative_path(sample_id)})"
+        elif sample_id in unknown_parts:
+            names = ", ".join(posixpath.basename(p) for p in unknown_parts[sample_id])
+            reason = f"unknown part name in {names}; known parts: {', '.join(labels.PART_NAMES)}"
+            files = files + tuple(unknown_parts[sample_id])
+        elif not mask_paths:
+            reason = f"image has no mask files (expected {raw.MASK_DIR}/{raw.mask_folder(sample_id)}/{sample_id:05d}_<part>.png)"
+        elif mapping is not None and sample_id not in mapping:
+            reason = f"id missing from {raw.MAPPING_FILE}, so its official split is unknown"
+        else:
+            reason = None
+        if reason is not None:
+            quarantined.append(schema.QuarantineEntry(id=sample_id, reason=reason, files=files))
+            continue
+        if mapping is not None:
+            orig_idx = mapping[sample_id]
+            split = raw.official_split(orig_idx)
+        else:
+            orig_idx = None
+            split = raw.hash_split(sample_id, config.hash_split_fractions, config.split_seed)
+        pose = poses.get(sample_id)
+        rows.append(
+            {
+                "id": sample_id,
+                "split": split,
+                "image_path": images[sample_id],
+                "mask_parts": sorted(mask_paths),
+                "mask_paths": [mask_paths[part] for part in sorted(mask_paths)],
+                "orig_idx": orig_idx,
+                "attributes": attributes.get(sample_id),
+                "pose": list(pose) if pose else None,
+            }
+        )
+    # Contiguous splits: each write task then sees (almost always) one split, so shards stay full.
+    rows.sort(key=lambda row: (raw.SPLITS.index(row["split"]), row["id"]))
+    split_source = "official mapping file" if mapping is not None else "hash of id (no mapping file)"
+    return Listing(rows, quarantined, len(all_ids), ignored, attribute_names, split_source)
+
+
+# ---------------------------------------------------------------- per-sample work (Ray tasks)
+
+
+@functools.lru_cache(maxsize=4)
+def _filesystem(uri: str, storage_config: StorageConfig):
+    return storage.resolve(uri, storage_config).fs
+
+
+def _read_all(fs, paths: list[str], threads: int) -> list[bytes | None]:
+    def read(path: str) -> bytes | None:
+        try:
+            with fs.open_input_stream(path) as stream:
+                return stream.read()
+        except FileNotFoundError:
+            return None
+
+    if threads <= 1 or len(paths) <= 1:
+        return [read(p) for p in paths]
+    with ThreadPoolExecutor(max_workers=min(threads, len(paths))) as pool:
+        return list(pool.map(read, paths))
+
+
+def process_sample(row: dict, files: dict[str, bytes | None], config: PreprocessConfig) -> dict:
+    """One listed sample + its file bytes -> an output row (error set when it must be quarantined)."""
+    out = {
+        "id": row["id"], "split": row["split"], "image": b"", "label": b"",
+        "resolution": config.decode.resolution, "classes": 0, "orig_idx": row["orig_idx"],
+        "attributes": row["attributes"], "pose": row["pose"], "error": None,
+        "files": [row["image_path"], *row["mask_paths"]],
+    }  # fmt: skip
+    try:
+        missing = [path for path, data in files.items() if data is None]
+        if missing:
+            raise BadSample(f"file disappeared while reading: {', '.join(missing)}")
+        image = raw.decode_image(files[row["image_path"]], config.decode)
+        mask_bytes = {part: files[path] for part, path in zip(row["mask_parts"], row["mask_paths"], strict=True)}
+        label = raw.decode_label(mask_bytes, config.decode, row["id"])
+    except BadSample as error:
+        out["error"] = str(error)
+        return out
+    out["image"] = schema.encode_image(image, config.image_encoding, config.jpeg_quality)
+    out["label"] = np.ascontiguousarray(label).tobytes()
+    out["classes"] = raw.present_classes(label)
+    return out
+
+
+OUTPUT_SCHEMA = schema.SCHEMA.append(pa.field("error", pa.string())).append(
+    pa.field("files", pa.list_(pa.string()))
+)
+
+
+def process_batch(batch: pa.Table, config: PreprocessConfig) -> pa.Table:
+    """Ray Data map: a batch of listed rows -> processed rows (pyarrow, OUTPUT_SCHEMA)."""
+    fs = _filesystem(config.source_uri, config.storage)
+    rows = batch.to_pylist()
+    paths = [path for row in rows for path in [row["image_path"], *row["mask_paths"]]]
+    contents = dict(zip(paths, _read_all(fs, paths, config.read_threads), strict=True))
+    out = []
+    for row in rows:
+        files = {path: contents[path] for path in [row["image_path"], *row["mask_paths"]]}
+        out.append(process_sample(row, files, config))
+    return pa.Table.from_pylist(out, schema=OUTPUT_SCHEMA)
+
+
+# ---------------------------------------------------------------- the run (driver)
+
+
+def _existing_manifest(output: Location) -> schema.Manifest | None:
+    location = output.join(schema.MANIFEST_NAME)
+    text = _read_text(location)
+    if text is None:
+        return None
+    try:
+        return schema.Manifest.from_json(text)
+    except (ValueError, KeyError, TypeError) as error:
+        raise PreprocessError(
+            f"{location.uri} exists but is unreadable ({error}); pass --overwrite to rebuild the output"
+        ) from None
+
+
+def _config_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _config_differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return out
+
+
+def _remove_outputs(output: Location) -> None:
+    """Delete everything a run writes (manifest first, so the output reads as incomplete at once)."""
+    for name in (schema.MANIFEST_NAME, schema.QUARANTINE_NAME):
+        location = output.join(name)
+        if storage.exists(location):
+            location.fs.delete_file(location.path)
+    for split in raw.SPLITS:
+        storage.delete_dir(output.join(split))
+
+
+def _estimate_rows_per_shard(listing: Listing, config: PreprocessConfig) -> int:
+    """Process the first sample on the driver to size shards close to shard_target_mb."""
+    target = config.shard_target_mb * 1e6
+    fs = _filesystem(config.source_uri, config.storage)
+    for row in listing.rows[:8]:
+        paths = [row["image_path"], *row["mask_paths"]]
+        out = process_sample(row, dict(zip(paths, _read_all(fs, paths, 1), strict=True)), config)
+        if out["error"] is None:
+            # Labels compress ~20-50x in Parquet; count a quarter of their raw size to stay conservative.
+            per_row = len(out["image"]) + len(out["label"]) / 4 + 200
+            return max(1, int(target // per_row))
+    return max(1, int(target // (config.decode.resolution**2 * 0.5)))
+
+
+def _ray_init() -> None:
+    import ray
+
+    if not ray.is_initialized():
+        # Connects to RAY_ADDRESS when set (a cluster, or `ray job submit`); else starts a local Ray.
+        ray.init(log_to_driver=True, logging_level=logging.WARNING, include_dashboard=False)
+
+
+def run(config: PreprocessConfig, overwrite: bool = False) -> PreprocessResult:
+    """Run preprocessing; skips an identical finished run, refuses a different one unless overwrite."""
+    started = time.monotonic()
+    output = storage.resolve(config.output_uri, config.storage)
+    storage.check_reachable(output)
+    resolved = config_lib.to_dict(config)
+    fingerprint = config_lib.fingerprint(config, exclude=NON_OUTPUT_FIELDS)
+    existing = _existing_manifest(output)
+    if existing is not None and not overwrite:
+        if existing.config_fingerprint == fingerprint and existing.source_uri == config.source_uri:
+            log.info("%s is up to date (same config, manifest present): nothing to do", output.uri)
+            return PreprocessResult(
+                output.uri, output.join(schema.MANIFEST_NAME).uri, existing, True, time.monotonic() - started
+            )
+        changes = _config_differences(
+            {**existing.config, "source_uri": existing.source_uri}, {**resolved, "source_uri": config.source_uri}
+        )
+        changes = [c for c in changes if c.split(":")[0].split(".")[0] not in NON_OUTPUT_FIELDS]
+        raise PreprocessError(
+            f"{output.uri} already holds a finished run with a different config ({'; '.join(changes[:5])}). "
+            "Pass --overwrite to replace it, or choose another output_uri."
+        )
+
+    listing = scan_source(config)
+    log.info(
+        "found %d samples under %s (%d quarantined while listing, %d files ignored); split from %s",
+        listing.num_input, config.source_uri, len(listing.quarantined), len(listing.ignored_files),
+        listing.split_source,
+    )  # fmt: skip
+    # No manifest (or overwrite): whatever is there is from an earlier, unfinished or replaced run.
+    _remove_outputs(output)
+    storage.ensure_dir(output)
+
+    run_id = uuid.uuid4().hex[:8]
+    shards: list[schema.ShardInfo] = []
+    quarantined = list(listing.quarantined)
+    if listing.rows:
+        rows_per_shard = _estimate_rows_per_shard(listing, config)
+        write_returns = _run_ray_pipeline(listing, config, run_id, rows_per_shard)
+        for result in write_returns:
+            shards += [schema.ShardInfo(**shard) for shard in result["shards"]]
+            quarantined += [
+                schema.QuarantineEntry(id=q["id"], reason=q["reason"], files=tuple(q["files"]))
+                for q in result["quarantined"]
+            ]
+    shards.sort(key=lambda shard: (raw.SPLITS.index(shard.split), shard.path))
+    quarantined.sort(key=lambda entry: entry.id)
+
+    written = sum(shard.num_rows for shard in shards)
+    if written + len(quarantined) != listing.num_input:
+        raise PreprocessError(
+            f"row counts do not reconcile: {listing.num_input} in, {written} written, {len(quarantined)} quarantined; "
+            "the output is left without a manifest, rerun preprocess"
+        )
+    _check_no_stale_files(output, shards)
+    _write_quarantine(output, quarantined)
+
+    bad_fraction = len(quarantined) / max(1, listing.num_input)
+    if bad_fraction > config.max_bad_fraction:
+        reasons = Counter(re.sub(r"\d+", "N", q.reason.split(";")[0])[:80] for q in quarantined).most_common(3)
+        raise PreprocessError(
+            f"{len(quarantined)} of {listing.num_input} samples ({bad_fraction:.1%}) are bad, over "
+            f"max_bad_fraction={config.max_bad_fraction:.1%}; most common reasons: "
+            + "; ".join(f"{count} x {reason}" for reason, count in reasons)
+            + f". See {output.join(schema.QUARANTINE_NAME).uri}; fix the source or raise --set max_bad_fraction=..."
+            " (no manifest was written)."
+        )
+
+    counts = {"input": listing.num_input, "written": written, "quarantined": len(quarantined)}
+    counts.update({split: sum(s.num_rows for s in shards if s.split == split) for split in raw.SPLITS})
+    counts["ignored_files"] = len(listing.ignored_files)
+    manifest = schema.Manifest(
+        schema_version=schema.SCHEMA_VERSION,
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        source_uri=config.source_uri,
+        output_uri=config.output_uri,
+        config=resolved,
+        config_fingerprint=fingerprint,
+        image_encoding=config.image_encoding,
+        resolution=config.decode.resolution,
+        class_names=list(labels.CLASS_NAMES),
+        attribute_names=listing.attribute_names,
+        split_source=listing.split_source,
+        counts=counts,
+        shards=shards,
+        quarantined=quarantined,
+        notes=[f"ignored file: {path}" for path in listing.ignored_files[:100]],
+    )
+    manifest_location = output.join(schema.MANIFEST_NAME)
+    storage.write_bytes(manifest_location, manifest.to_json().encode())  # last: marks the output complete
+    seconds = time.monotonic() - started
+    log.info("wrote %d rows in %d shards (%d quarantined) in %.1fs", written, len(shards), len(quarantined), seconds)
+    return PreprocessResult(output.uri, manifest_location.uri, manifest, False, seconds)
+
+
+def _run_ray_pipeline(listing: Listing, config: PreprocessConfig, run_id: str, rows_per_shard: int) -> list[dict]:
+    import ray
+    from ray.data import DataContext
+
+    _ray_init()
+    context = DataContext.get_current()
+    context.enable_progress_bars = config.progress
+    context.enable_operator_progress_bars = config.progress
+    num_blocks = max(1, -(-len(listing.rows) // config.batch_size))
+    dataset = ray.data.from_items(listing.rows, override_num_blocks=num_blocks)
+    dataset = dataset.map_batches(
+        functools.partial(process_batch, config=config),
+        batch_size=config.batch_size,
+        batch_format="pyarrow",
+        zero_copy_batch=True,
+    )
+    from maskgan.data.shards import ShardSink  # imports Ray Data; only the driver's run needs it
+
+    sink = ShardSink(config.output_uri, config.storage, run_id, rows_per_shard)
+    # A fractional CPU keeps the writer from fusing with (and serialising behind) the decode tasks.
+    dataset.write_datasink(sink, ray_remote_args={"num_cpus": 0.25})
+    if sink.result is None:
+        raise PreprocessError("Ray Data finished without a write result; rerun preprocess")
+    return list(sink.result.write_returns)
+
+
+def _check_no_stale_files(output: Location, shards: list[schema.ShardInfo]) -> None:
+    """Delete any Parquet file in the split folders that this run did not write."""
+    expected = {shard.path for shard in shards}
+    for split in raw.SPLITS:
+        for info in storage.list_files(output.join(split)):
+            relative = posixpath.relpath(info.path, output.path)
+            if relative not in expected:
+                log.warning("removing stale file %s", relative)
+                output.fs.delete_file(info.path)
+
+
+def _write_quarantine(output: Location, quarantined: list[schema.QuarantineEntry]) -> None:
+    lines = "".join(json.dumps(dataclasses.asdict(entry)) + "\n" for entry in quarantined)
+    storage.write_bytes(output.join(schema.QUARANTINE_NAME), lines.encode())
