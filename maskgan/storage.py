@@ -24,9 +24,9 @@ class StorageConfig:
     endpoint_url: str | None = None  # e.g. http://127.0.0.1:5000 for moto / MinIO; None = AWS
     region: str | None = None
     # Credentials are excluded from repr and from to_dict(): they never reach logs or written configs.
-    access_key_id: str | None = field(default=None, repr=False)
-    secret_access_key: str | None = field(default=None, repr=False)
-    session_token: str | None = field(default=None, repr=False)
+    access_key_id: str | None = field(default=None, repr=False, metadata={"secret": True})
+    secret_access_key: str | None = field(default=None, repr=False, metadata={"secret": True})
+    session_token: str | None = field(default=None, repr=False, metadata={"secret": True})
     connect_timeout_s: float = 5.0
     request_timeout_s: float = 30.0
 

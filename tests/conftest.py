@@ -1,0 +1,73 @@
+"""Shared fixtures: one local Ray runtime and one moto S3 server (127.0.0.1) per test session."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+
+import pytest
+
+from maskgan.storage import StorageConfig
+
+FAKE_CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "testing-key-id",
+    "AWS_SECRET_ACCESS_KEY": "testing-secret-key",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def aws_env():
+    """Fake credentials in the environment, set before Ray starts so its workers inherit them."""
+    saved = {key: os.environ.get(key) for key in FAKE_CREDENTIALS}
+    os.environ.update(FAKE_CREDENTIALS)
+    yield dict(FAKE_CREDENTIALS)
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture(scope="session")
+def ray_session(aws_env):
+    """A local Ray runtime shared by the whole session (starting one costs seconds)."""
+    import ray
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def s3_server(aws_env):
+    """moto in server mode on 127.0.0.1: a real S3 API over HTTP that pyarrow and Ray workers reach."""
+    from moto.server import ThreadedMotoServer
+
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server, request):
+    """A fresh bucket for one test; returns (s3://bucket, StorageConfig pointing at the server)."""
+    import boto3
+
+    slug = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower())[:40].strip("-")
+    name = f"t-{slug}-{os.getpid()}"
+    client = boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1")
+    client.create_bucket(Bucket=name)
+    return f"s3://{name}", StorageConfig(endpoint_url=s3_server, region="us-east-1")
