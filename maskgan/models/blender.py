@@ -61,7 +61,9 @@ class AlphaBlender(nn.Module):
         super().__init__()
         self.config = config
         width = config.base_channels * 2**config.num_downsample
-        self.encoder = downsampling_path(2 * config.image_channels, config.base_channels, config.num_downsample)
+        self.encoder = downsampling_path(
+            2 * config.image_channels, config.base_channels, config.num_downsample
+        )
         self.blocks = nn.Sequential(*(ResidualBlock(width) for _ in range(config.num_res_blocks)))
         self.decoder = upsampling_path(config.base_channels, config.num_downsample)
         self.head = OutputHead(config.base_channels, config.alpha_channels, "sigmoid")

@@ -14,13 +14,14 @@ from maskgan.models.layers import ConvNormAct, check_image_input, init_weights
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class DiscriminatorConfig:
-    """Multi-scale PatchGAN; defaults are the release's (2 scales, 3 layers, 64 channels, 22 input channels)."""
+    """Multi-scale PatchGAN; defaults are the release's (2 scales, 3 layers, 64 channels, 22 inputs)."""
 
     num_classes: int = NUM_CLASSES
     image_channels: int = 3
     base_channels: int = 64
     max_channels: int = 512
-    num_layers: int = 3  # strided layers per scale (the first has no norm), then a stride-1 layer and the output
+    # Strided layers per scale (the first without norm), then a stride-1 layer and the output conv.
+    num_layers: int = 3
     num_scales: int = 2  # scale k sees the input average-pooled k times
     init_std: float = 0.02
 
@@ -53,7 +54,7 @@ def discriminator_tiny() -> DiscriminatorConfig:
 
 
 class PatchDiscriminator(nn.Module):
-    """One scale: 4x4 convs with padding 2, LeakyReLU 0.2, instance norm after the first; returns every layer's output."""
+    """One scale: 4x4 convs (padding 2), IN after the first, LeakyReLU 0.2; returns every layer's output."""
 
     def __init__(self, config: DiscriminatorConfig) -> None:
         super().__init__()
@@ -91,7 +92,8 @@ class MultiscaleDiscriminator(nn.Module):
         check_image_input("image", image, self.config.image_channels)
         if mask.shape[0] != image.shape[0] or mask.shape[-2:] != image.shape[-2:]:
             raise ValueError(
-                f"mask {tuple(mask.shape)} and image {tuple(image.shape)} must share batch size, height and width"
+                f"mask {tuple(mask.shape)} and image {tuple(image.shape)} "
+                "must share batch size, height and width"
             )
         x = torch.cat([mask, image], dim=1)  # (B, 22, H, W)
         outputs = []

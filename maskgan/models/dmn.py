@@ -1,4 +1,4 @@
-"""Dense Mapping Network: pix2pixHD global generator with AdaIN blocks driven by a spatial-aware style encoder."""
+"""Dense Mapping Network: pix2pixHD global generator, AdaIN blocks fed by a spatial-aware style encoder."""
 
 from __future__ import annotations
 
@@ -30,8 +30,10 @@ class DMNConfig:
     num_downsample: int = 4  # backbone downsamplings; bottleneck width = base_channels * 2**num_downsample
     num_res_blocks: int = 4  # AdaIN residual blocks at the bottleneck
     encoder_base_channels: int = 16  # first width of the label and style encoders; SFT width = 4x this
-    encoder_num_downsample: int = 5  # total downsamplings of each encoder (2 before SFT 1, the rest before SFT 2)
-    resolution: int = 512  # nominal training size (square); the network runs at any size of the right multiple
+    # Downsamplings of each encoder: 2 before SFT 1, the rest before SFT 2.
+    encoder_num_downsample: int = 5
+    # Nominal (square) training size; the network runs at any size that is a multiple of size_multiple.
+    resolution: int = 512
     init_std: float = 0.02
 
     def __post_init__(self) -> None:
@@ -44,7 +46,8 @@ class DMNConfig:
             raise ValueError(f"DMNConfig.num_downsample must be >= 0, got {self.num_downsample}")
         if self.num_res_blocks < 1:
             raise ValueError(
-                f"DMNConfig.num_res_blocks must be >= 1 (the style acts through them), got {self.num_res_blocks}"
+                f"DMNConfig.num_res_blocks must be >= 1 (the style acts through them), "
+                f"got {self.num_res_blocks}"
             )
         if self.encoder_num_downsample < 3:
             raise ValueError(
@@ -108,7 +111,7 @@ def dmn_tiny() -> DMNConfig:
 
 
 class LabelEncoder(nn.Module):
-    """Reference mask -> (feature 1 at 1/4 size, feature 2 at 1/2**encoder_num_downsample size), both SFT-wide."""
+    """Reference mask -> (feature 1 at 1/4 size, feature 2 at 1/2**encoder_num_downsample), SFT-wide."""
 
     def __init__(self, config: DMNConfig) -> None:
         super().__init__()
@@ -131,7 +134,7 @@ class LabelEncoder(nn.Module):
 
 
 class StyleEncoder(nn.Module):
-    """Reference image, modulated by the label features through two SFT layers -> style code (B, style_dim)."""
+    """Reference image, modulated by label features through two SFT layers -> style code (B, style_dim)."""
 
     def __init__(self, config: DMNConfig) -> None:
         super().__init__()
@@ -152,9 +155,7 @@ class StyleEncoder(nn.Module):
         # A 1x1 conv on the pooled features (a linear layer), kept as a conv so weights match the release.
         self.to_style = nn.Conv2d(4 * dim, config.style_dim, 1)
 
-    def forward(
-        self, image: torch.Tensor, feature1: torch.Tensor, feature2: torch.Tensor
-    ) -> torch.Tensor:
+    def forward(self, image: torch.Tensor, feature1: torch.Tensor, feature2: torch.Tensor) -> torch.Tensor:
         x = self.sft1(self.down1(image), feature1)  # (B, 4 dim, H/4, W/4)
         x = self.sft2(self.down2(x), feature2)  # (B, 4 dim, H/2**n, W/2**n)
         x = x.mean(dim=(2, 3), keepdim=True)  # (B, 4 dim, 1, 1)

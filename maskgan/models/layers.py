@@ -51,9 +51,7 @@ class UpConvNormAct(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
-        self.conv = nn.ConvTranspose2d(
-            in_channels, out_channels, 3, stride=2, padding=1, output_padding=1
-        )
+        self.conv = nn.ConvTranspose2d(in_channels, out_channels, 3, stride=2, padding=1, output_padding=1)
         self.norm = nn.InstanceNorm2d(out_channels)
         self.act = nn.ReLU()
 

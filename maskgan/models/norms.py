@@ -12,7 +12,7 @@ from torch import nn
 def adaptive_instance_norm(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-5
 ) -> torch.Tensor:
-    """Instance-normalise x (B, C, H, W) per sample and channel, then x * weight + bias with (B, C) affines."""
+    """Instance-normalise x (B, C, H, W) per sample and channel, then * weight + bias, both (B, C)."""
     # Biased variance and eps inside the sqrt, as F.batch_norm on the (1, B*C, H, W) view of the release.
     normalized = F.instance_norm(x, eps=eps)
     return normalized * weight[:, :, None, None] + bias[:, :, None, None]
@@ -43,7 +43,7 @@ class AdaIN(nn.Module):
 def split_adain_params(
     style: torch.Tensor, num_features: Sequence[int]
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """(B, sum 2C) style code -> [(weight, bias)] per AdaIN layer; the release lays out [bias C | weight C] per layer."""
+    """(B, sum 2C) style code -> [(weight, bias)] per AdaIN layer, laid out [bias C | weight C] per layer."""
     total = 2 * sum(num_features)
     if style.dim() != 2 or style.shape[1] != total:
         raise ValueError(f"style code must be (B, {total}), got shape {tuple(style.shape)}")

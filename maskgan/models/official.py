@@ -1,4 +1,4 @@
-"""Import of the authors' released MaskGAN generator (`latest_net_G.pth`, their GlobalGenerator state dict)."""
+"""Import of the authors' released MaskGAN generator (`latest_net_G.pth`, a GlobalGenerator state dict)."""
 
 from __future__ import annotations
 
@@ -70,7 +70,9 @@ def convert_released_state_dict(
     key_map = released_key_map(config)
     ignored = released_ignored_keys(config)
     with torch.device("meta"):
-        expected_shapes = {key: value.shape for key, value in DenseMappingNetwork(config).state_dict().items()}
+        expected_shapes = {
+            key: value.shape for key, value in DenseMappingNetwork(config).state_dict().items()
+        }
     missing = sorted(key for key in key_map if key not in state_dict)
     unexpected = sorted(key for key in state_dict if key not in key_map and key not in ignored)
     mis_shaped = sorted(

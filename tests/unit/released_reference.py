@@ -12,7 +12,7 @@ from torch import nn
 
 
 class ReleasedAdaIN(nn.Module):
-    """Their AdaptiveInstanceNorm2d: weight/bias assigned as attributes before forward, dummy running stats."""
+    """Their AdaptiveInstanceNorm2d: weight/bias assigned as attributes before forward; dummy stats."""
 
     def __init__(self, num_features: int, eps: float = 1e-5) -> None:
         super().__init__()
@@ -48,7 +48,9 @@ class ReleasedConvBlock(nn.Module):
     ) -> None:
         super().__init__()
         self.pad = nn.ReflectionPad2d(padding)
-        self.norm = ReleasedAdaIN(cout) if norm == "adain" else (nn.InstanceNorm2d(cout) if norm == "in" else None)
+        self.norm = (
+            ReleasedAdaIN(cout) if norm == "adain" else (nn.InstanceNorm2d(cout) if norm == "in" else None)
+        )
         self.activation = nn.ReLU() if activation == "relu" else None
         self.conv = nn.Conv2d(cin, cout, kernel, stride)
 

@@ -136,15 +136,14 @@ def test_corrupted_checkpoint_lists_missing_unexpected_and_mis_shaped_keys(tmp_p
     assert "1 mis-shaped key(s): enc_label.model_last.1.conv.weight: (1, 2, 3, 3) vs expected" in message
 
 
-@pytest.mark.parametrize(
-    "corrupt",
-    [
-        pytest.param(lambda sd: sd.pop("model.33.weight"), id="missing"),
-        pytest.param(lambda sd: sd.update({"model.16.conv_block.0.norm.num_batches_tracked": torch.tensor(0)}),
-                     id="unexpected"),
-        pytest.param(lambda sd: sd.update({"enc_style.model_last.1.bias": torch.zeros(8192)}), id="mis-shaped"),
-    ],
-)  # fmt: skip
+CORRUPTIONS = {
+    "missing": lambda sd: sd.pop("model.33.weight"),
+    "unexpected": lambda sd: sd.update({"model.16.conv_block.0.norm.num_batches_tracked": torch.tensor(0)}),
+    "mis-shaped": lambda sd: sd.update({"enc_style.model_last.1.bias": torch.zeros(8192)}),
+}
+
+
+@pytest.mark.parametrize("corrupt", CORRUPTIONS.values(), ids=CORRUPTIONS.keys())
 def test_each_official_corruption_is_reported(official_release_meta, corrupt):
     state_dict = dict(official_release_meta.state_dict())
     corrupt(state_dict)
