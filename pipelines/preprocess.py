@@ -45,14 +45,7 @@ def resolve_config(args: argparse.Namespace) -> PreprocessConfig:
 def main(config: PreprocessConfig, overwrite: bool = False) -> PreprocessResult:
     """Run preprocessing and print where the output is."""
     result = run(config, overwrite=overwrite)
-    counts = result.manifest.counts
-    state = "already up to date" if result.skipped else f"done in {result.seconds:.1f}s"
-    print(
-        f"preprocess {state}: {counts['written']} rows written "
-        f"(train {counts['train']}, val {counts['val']}, test {counts['test']}), "
-        f"{counts['quarantined']} quarantined of {counts['input']}\n"
-        f"  parquet:  {result.output_uri}/{{train,val,test}}/\n  manifest: {result.manifest_uri}"
-    )
+    print(result.summary())
     return result
 
 

@@ -14,9 +14,8 @@ from dataclasses import dataclass
 
 from maskgan.data import synthetic
 from maskgan.data.celebamask import DecodeConfig
-from maskgan.data.preprocess import PreprocessConfig, PreprocessError
+from maskgan.data.preprocess import PreprocessConfig, PreprocessError, run
 from maskgan.storage import StorageError
-from pipelines import preprocess
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -65,7 +64,8 @@ def main(config: PipelineConfig) -> PipelineResult:
         shard_target_mb=0.5,
         batch_size=8,
     )
-    result = preprocess.main(preprocess_config)
+    result = run(preprocess_config)
+    print(result.summary())
     return PipelineResult(raw_uri, result.output_uri, result.manifest_uri)
 
 

@@ -118,6 +118,17 @@ class PreprocessResult:
     skipped: bool  # True when an identical finished run was already there
     seconds: float
 
+    def summary(self) -> str:
+        """What a person wants printed at the end: counts and where the output is."""
+        counts = self.manifest.counts
+        state = "already up to date" if self.skipped else f"done in {self.seconds:.1f}s"
+        return (
+            f"preprocess {state}: {counts['written']} rows written "
+            f"(train {counts['train']}, val {counts['val']}, test {counts['test']}), "
+            f"{counts['quarantined']} quarantined of {counts['input']}\n"
+            f"  parquet:  {self.output_uri}/{{train,val,test}}/\n  manifest: {self.manifest_uri}"
+        )
+
 
 # ---------------------------------------------------------------- listing (driver)
 
