@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch is imported where tensors are used: Ray Data workers never need it
+    import torch
 
 # Index = class id. The order is the released one (REFERENCE.md §1); other face parsers differ.
 CLASS_NAMES: tuple[str, ...] = (
@@ -96,6 +99,8 @@ def one_hot(label: torch.Tensor, num_classes: int = NUM_CLASSES) -> torch.Tensor
     """(B, H, W) integer class map -> (B, C, H, W) float one-hot."""
     if label.dim() != 3:
         raise ValueError(f"one_hot expects (B, H, W) class indices, got shape {tuple(label.shape)}")
+    import torch
+
     label = label.long()
     out = torch.zeros(label.shape[0], num_classes, *label.shape[1:], device=label.device)
     return out.scatter_(1, label.unsqueeze(1), 1.0)

@@ -148,6 +148,8 @@ def _open_image(data: bytes, what: str, max_pixels: int) -> Image.Image:
         raise BadSample(f"{what} is over Pillow's pixel limit (decompression bomb)") from None
     except UnidentifiedImageError:
         raise BadSample(f"{what} is not an image (unrecognised format)") from None
+    except (OSError, SyntaxError, ValueError) as error:  # a header cut short or malformed
+        raise BadSample(f"{what} is truncated or corrupt ({error})") from None
     width, height = image.size
     if width * height > max_pixels:
         raise BadSample(
