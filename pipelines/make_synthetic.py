@@ -14,7 +14,7 @@ import argparse
 import sys
 from dataclasses import dataclass, field
 
-from maskgan.data import synthetic
+from maskgan.data import defects, synthetic
 from maskgan.storage import StorageConfig, StorageError
 
 
@@ -35,9 +35,9 @@ class MakeSyntheticConfig:
         if self.num_workers < 1:
             raise ValueError(f"num_workers must be at least 1, got {self.num_workers}")
         for image_id, kind in self.defects:
-            if kind not in synthetic.DEFECT_KINDS:
+            if kind not in defects.DEFECT_KINDS:
                 raise ValueError(
-                    f"defects: unknown kind {kind!r}; expected one of {', '.join(synthetic.DEFECT_KINDS)}"
+                    f"defects: unknown kind {kind!r}; expected one of {', '.join(defects.DEFECT_KINDS)}"
                 )
             if image_id not in self.data.ids:
                 first, last = self.data.ids[0], self.data.ids[-1]
@@ -50,7 +50,7 @@ def main(config: MakeSyntheticConfig) -> synthetic.WriteResult:
         config.data, config.uri, config.storage, config.progress, config.num_workers
     )
     for image_id, kind in config.defects:
-        synthetic.inject_defect(result.uri, image_id, kind, config.storage)
+        defects.inject_defect(result.uri, image_id, kind, config.storage)
     splits = ", ".join(f"{split} {len(ids)}" for split, ids in result.ids_by_split.items())
     print(
         f"wrote {result.num_images} images and {result.num_mask_files} masks ({splits}) to {result.uri}"
@@ -61,16 +61,16 @@ def main(config: MakeSyntheticConfig) -> synthetic.WriteResult:
 
 def _defect(text: str) -> tuple[int, str]:
     image_id, _, kind = text.partition(":")
-    if not image_id.isdigit() or kind not in synthetic.DEFECT_KINDS:
+    if not image_id.isdigit() or kind not in defects.DEFECT_KINDS:
         raise argparse.ArgumentTypeError(
-            f"expected ID:KIND with KIND one of {', '.join(synthetic.DEFECT_KINDS)}"
+            f"expected ID:KIND with KIND one of {', '.join(defects.DEFECT_KINDS)}"
         )
     return int(image_id), kind
 
 
 def build_parser() -> argparse.ArgumentParser:
     defaults = synthetic.SyntheticConfig(num_images=1)
-    kinds = "\n".join(f"  {kind:16s} {text}" for kind, text in synthetic.DEFECT_KINDS.items())
+    kinds = "\n".join(f"  {kind:16s} {text}" for kind, text in defects.DEFECT_KINDS.items())
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
         epilog=__doc__.split("\n", 2)[2] + "\ndefect kinds (--defect ID:KIND):\n" + kinds,

@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import math
 import numbers
-import posixpath
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -21,18 +20,22 @@ from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from maskgan import storage
+from maskgan.data.celebamask import (
+    ATTRIBUTE_FILE,
+    IDS_PER_MASK_FOLDER,
+    IMAGE_DIR,
+    MAPPING_FILE,
+    MASK_DIR,
+    POSE_FILE,
+    TRAIN_END,
+    VAL_END,
+)  # fmt: skip
 from maskgan.labels import CLASS_INDEX, NUM_CLASSES, merge_parts
 
-# The release layout (REFERENCE.md §1). Mirrors maskgan.data.celebamask, which reads it.
-IMAGE_DIR = "CelebA-HQ-img"
-MASK_DIR = "CelebAMask-HQ-mask-anno"
-MAPPING_FILE = "CelebA-HQ-to-CelebA-mapping.txt"
-ATTRIBUTE_FILE = "CelebAMask-HQ-attribute-anno.txt"
-POSE_FILE = "CelebAMask-HQ-pose-anno.txt"
-IDS_PER_MASK_FOLDER = 2000
-# Official split boundaries on CelebA's index; CelebA has 202,599 images.
+# CelebA has 202,599 images; the official split ranges on its index (REFERENCE.md §1).
+CELEBA_SIZE = 202_599
 SPLIT_RANGES: Mapping[str, tuple[int, int]] = {
-    "train": (0, 162_771), "val": (162_771, 182_638), "test": (182_638, 202_599),
+    "train": (0, TRAIN_END), "val": (TRAIN_END, VAL_END), "test": (VAL_END, CELEBA_SIZE),
 }  # fmt: skip
 ATTRIBUTE_NAMES: tuple[str, ...] = (
     "5_o_Clock_Shadow", "Arched_Eyebrows", "Attractive", "Bags_Under_Eyes", "Bald", "Bangs", "Big_Lips",
@@ -44,19 +47,6 @@ ATTRIBUTE_NAMES: tuple[str, ...] = (
 )  # fmt: skip
 POSE_NAMES: tuple[str, ...] = ("Yaw", "Pitch", "Raw")  # "Raw" (sic) is the release's header for roll
 
-HUGE_IMAGE_SIDE = 9000  # side of the "huge_image" defect: 81 M pixels, under 1 MB as a flat JPEG
-DEFECT_KINDS: Mapping[str, str] = {
-    "truncated_jpeg": "image cut to its first half: the header parses, decoding fails",
-    "zero_byte_image": "image file of 0 bytes",
-    "not_an_image": "image file holding plain text",
-    "wrong_size_mask": "one part mask rewritten at half its size",
-    "non_binary_mask": "one part mask replaced by a 0..255 gradient (not 0/255)",
-    "rgb_mask": "one part mask rewritten as 3-channel 0/255 RGB: VALID, the release reads channel 0",
-    "no_masks": "every part mask of the id deleted (the image stays)",
-    "orphan_masks": "the id's image deleted, its masks kept (masks whose image does not exist)",
-    "unknown_part": "an extra valid-looking mask named {id:05d}_tail.png, an unknown part",
-    "huge_image": f"image replaced by a flat greyscale {HUGE_IMAGE_SIDE}x{HUGE_IMAGE_SIDE} JPEG",
-}
 
 _HAIR_COLORS: Mapping[str, tuple[int, int, int]] = {
     "black": (28, 22, 20), "brown": (92, 60, 38), "blond": (196, 162, 104), "red": (146, 62, 30),
@@ -522,13 +512,13 @@ def render_sample(config: SyntheticConfig, image_id: int) -> SyntheticSample:
     )
 
 
-def _png(array: np.ndarray) -> bytes:
+def png_bytes(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()
 
 
-def _jpeg(image: Image.Image, quality: int) -> bytes:
+def jpeg_bytes(image: Image.Image, quality: int) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=quality)
     return buffer.getvalue()
@@ -536,10 +526,10 @@ def _jpeg(image: Image.Image, quality: int) -> bytes:
 
 def sample_files(config: SyntheticConfig, sample: SyntheticSample) -> dict[str, bytes]:
     """Encoded files of one sample, keyed by their path relative to the dataset root."""
-    files = {f"{IMAGE_DIR}/{sample.image_id}.jpg": _jpeg(Image.fromarray(sample.image), config.jpeg_quality)}
+    files = {f"{IMAGE_DIR}/{sample.image_id}.jpg": jpeg_bytes(Image.fromarray(sample.image), config.jpeg_quality)}
     folder = f"{MASK_DIR}/{sample.image_id // IDS_PER_MASK_FOLDER}"
     for name, mask in sample.parts.items():
-        files[f"{folder}/{sample.image_id:05d}_{name}.png"] = _png(mask)
+        files[f"{folder}/{sample.image_id:05d}_{name}.png"] = png_bytes(mask)
     return files
 
 
@@ -602,61 +592,3 @@ def write_dataset(
         text_files=tuple(texts),
         ids_by_split=by_split,
     )
-
-
-def _mask_locations(root: storage.Location, image_id: int) -> list[storage.Location]:
-    folder = root.join(MASK_DIR, str(image_id // IDS_PER_MASK_FOLDER))
-    prefix = f"{image_id:05d}_"
-    names = [posixpath.basename(info.path) for info in storage.list_files(folder, recursive=False)]
-    return [folder.join(name) for name in names if name.startswith(prefix) and name.endswith(".png")]
-
-
-def _pick_mask(root: storage.Location, image_id: int) -> tuple[storage.Location, np.ndarray]:
-    masks = _mask_locations(root, image_id)
-    if not masks:
-        raise ValueError(f"id {image_id} has no mask files under {root.uri}/{MASK_DIR}; nothing to corrupt")
-    skin = [m for m in masks if m.path.endswith("_skin.png")]
-    target = (skin or masks)[0]
-    with Image.open(io.BytesIO(storage.read_bytes(target))) as mask:
-        return target, np.asarray(mask.convert("L"))
-
-
-def inject_defect(
-    uri: str, image_id: int, kind: str, storage_config: storage.StorageConfig | None = None
-) -> tuple[str, ...]:
-    """Corrupt one id of a written dataset in the way DEFECT_KINDS describes; returns the URIs touched."""
-    if kind not in DEFECT_KINDS:
-        raise ValueError(f"unknown defect kind {kind!r}; expected one of {', '.join(DEFECT_KINDS)}")
-    root = storage.resolve(uri, storage_config)
-    image = root.join(IMAGE_DIR, f"{image_id}.jpg")
-    if kind in ("truncated_jpeg", "zero_byte_image", "not_an_image", "huge_image"):
-        if kind == "truncated_jpeg":
-            data = storage.read_bytes(image)
-            data = data[: len(data) // 2]
-        elif kind == "huge_image":
-            data = _jpeg(Image.new("L", (HUGE_IMAGE_SIDE, HUGE_IMAGE_SIDE), 128), 75)
-        else:
-            data = b"" if kind == "zero_byte_image" else b"this is not a JPEG, it is a text file\n" * 8
-        storage.write_bytes(image, data)
-        return (image.uri,)
-    if kind in ("no_masks", "orphan_masks"):
-        targets = _mask_locations(root, image_id) if kind == "no_masks" else [image]
-        if kind == "orphan_masks" and not _mask_locations(root, image_id):
-            raise ValueError(f"id {image_id} has no mask files under {root.uri}; they cannot become orphans")
-        for target in targets:
-            if storage.exists(target):
-                target.fs.delete_file(target.path)
-        return tuple(target.uri for target in targets)
-    target, mask = _pick_mask(root, image_id)
-    height, width = mask.shape
-    if kind == "wrong_size_mask":
-        data = _png(np.asarray(Image.fromarray(mask).resize((max(1, width // 2), max(1, height // 2)))))
-    elif kind == "non_binary_mask":
-        data = _png(np.tile(np.linspace(0, 255, width).astype(np.uint8), (height, 1)))
-    elif kind == "rgb_mask":
-        data = _png(np.repeat(mask[..., None], 3, axis=2))
-    else:  # unknown_part
-        target = root.join(MASK_DIR, str(image_id // IDS_PER_MASK_FOLDER), f"{image_id:05d}_tail.png")
-        data = _png(mask)
-    storage.write_bytes(target, data)
-    return (target.uri,)

@@ -11,12 +11,11 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from preprocess_helpers import tiny_config, write_raw
 
-from maskgan.data import loader, schema, synthetic
+from maskgan.data import defects, loader, schema, synthetic
 from maskgan.data.preprocess import PreprocessError, run
 from pipelines import preprocess as preprocess_cli
 
@@ -88,8 +87,8 @@ def test_every_bad_input_is_quarantined_and_the_rest_lands(tmp_path, ray_session
     write_raw(raw, num_images=16)
     bad_ids = dict(zip(DEFECTS, range(2, 2 + len(DEFECTS)), strict=False))
     for kind, sample_id in bad_ids.items():
-        synthetic.inject_defect(raw, sample_id, kind)
-    synthetic.inject_defect(raw, 0, "rgb_mask")  # valid: the release reads channel 0
+        defects.inject_defect(raw, sample_id, kind)
+    defects.inject_defect(raw, 0, "rgb_mask")  # valid: the release reads channel 0
     (tmp_path / "raw" / synthetic.IMAGE_DIR / "notes.txt").write_text("not a sample")  # ignored, reported
 
     config = tiny_config(raw, str(tmp_path / "out"), max_bad_fraction=0.6)
@@ -114,8 +113,8 @@ def test_every_bad_input_is_quarantined_and_the_rest_lands(tmp_path, ray_session
 def test_too_many_bad_samples_fails_without_a_manifest(tmp_path, ray_session):
     raw = str(tmp_path / "raw")
     write_raw(raw, num_images=8)
-    synthetic.inject_defect(raw, 1, "zero_byte_image")
-    synthetic.inject_defect(raw, 2, "not_an_image")
+    defects.inject_defect(raw, 1, "zero_byte_image")
+    defects.inject_defect(raw, 2, "not_an_image")
     with pytest.raises(PreprocessError, match=r"2 of 8 samples \(25.0%\) are bad.*max_bad_fraction"):
         run(tiny_config(raw, str(tmp_path / "out"), max_bad_fraction=0.1))
     assert not (tmp_path / "out" / schema.MANIFEST_NAME).exists()

@@ -6,7 +6,7 @@ import boto3
 import pytest
 from preprocess_helpers import MASK_SIZE, tiny_config, write_raw
 
-from maskgan.data import loader, schema, synthetic
+from maskgan.data import defects, loader, schema, synthetic
 from maskgan.data.preprocess import PreprocessError, run
 from maskgan.storage import StorageConfig, StorageError
 
@@ -17,9 +17,9 @@ def test_s3_run_matches_the_local_run(tmp_path, ray_session, s3_bucket):
     bucket_uri, storage_config = s3_bucket
     raw_s3, out_s3 = f"{bucket_uri}/raw", f"{bucket_uri}/parquet"
     raw_config = write_raw(raw_s3, num_images=10, storage_config=storage_config)
-    synthetic.inject_defect(raw_s3, 3, "truncated_jpeg", storage_config)
+    defects.inject_defect(raw_s3, 3, "truncated_jpeg", storage_config)
     write_raw(str(tmp_path / "raw"), num_images=10)
-    synthetic.inject_defect(str(tmp_path / "raw"), 3, "truncated_jpeg")
+    defects.inject_defect(str(tmp_path / "raw"), 3, "truncated_jpeg")
 
     s3_result = run(tiny_config(raw_s3, out_s3, storage=storage_config, max_bad_fraction=0.2))
     local_result = run(tiny_config(str(tmp_path / "raw"), str(tmp_path / "out"), max_bad_fraction=0.2))

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image, UnidentifiedImageError
 
-from maskgan.data import synthetic
+from maskgan.data import defects, synthetic
 from maskgan.labels import CLASS_INDEX, PART_NAMES, merge_parts
 from pipelines import make_synthetic
 
@@ -227,12 +227,12 @@ def test_image_colours_follow_the_mask(samples):
 
 
 def test_inject_every_defect(tmp_path):
-    config = tiny(len(synthetic.DEFECT_KINDS))
+    config = tiny(len(defects.DEFECT_KINDS))
     root = tmp_path / "raw"
     synthetic.write_dataset(config, str(root), progress=False)
-    kinds = dict(zip(synthetic.DEFECT_KINDS, config.ids, strict=True))
+    kinds = dict(zip(defects.DEFECT_KINDS, config.ids, strict=True))
     for kind, image_id in kinds.items():
-        touched = synthetic.inject_defect(str(root), image_id, kind)
+        touched = defects.inject_defect(str(root), image_id, kind)
         assert touched and all(uri.startswith(str(root)) for uri in touched)
 
     def image(kind: str) -> Path:
@@ -257,10 +257,10 @@ def test_inject_every_defect(tmp_path):
     assert masks("orphan_masks") and not image("orphan_masks").exists()
     assert any(p.name.endswith("_tail.png") for p in masks("unknown_part"))
     with Image.open(image("huge_image")) as huge:
-        assert huge.size == (synthetic.HUGE_IMAGE_SIDE,) * 2
+        assert huge.size == (defects.HUGE_IMAGE_SIDE,) * 2
     assert image("huge_image").stat().st_size < 2_000_000
     with pytest.raises(ValueError, match="unknown defect kind"):
-        synthetic.inject_defect(str(root), 0, "sunburn")
+        defects.inject_defect(str(root), 0, "sunburn")
 
 
 def test_cli_writes_and_rejects_bad_arguments(tmp_path, capsys):
