@@ -38,15 +38,6 @@ class StorageConfig:
         if (self.access_key_id is None) != (self.secret_access_key is None):
             raise ValueError("storage.access_key_id and storage.secret_access_key must be set together")
 
-    def public_dict(self) -> dict:
-        """The config without credentials, safe to log or write next to a run."""
-        return {
-            "endpoint_url": self.endpoint_url,
-            "region": self.region,
-            "connect_timeout_s": self.connect_timeout_s,
-            "request_timeout_s": self.request_timeout_s,
-        }
-
     def resolved_endpoint(self) -> str | None:
         return self.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
 

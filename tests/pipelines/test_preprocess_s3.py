@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import boto3
 import pytest
 from preprocess_helpers import MASK_SIZE, tiny_config, write_raw
@@ -50,10 +52,21 @@ def test_s3_run_matches_the_local_run(tmp_path, ray_session, s3_bucket):
     assert run(tiny_config(raw_s3, out_s3, storage=storage_config, max_bad_fraction=0.2)).skipped
 
 
-def test_ray_dataset_reads_s3_shards(ray_session, s3_bucket):
+def test_ray_dataset_reads_s3_shards_and_credentials_stay_secret(ray_session, s3_bucket, aws_env):
     bucket_uri, storage_config = s3_bucket
+    # Credentials given in the config (not only the environment) must never be written anywhere.
+    storage_config = dataclasses.replace(
+        storage_config,
+        access_key_id=aws_env["AWS_ACCESS_KEY_ID"],
+        secret_access_key=aws_env["AWS_SECRET_ACCESS_KEY"],
+    )
     write_raw(f"{bucket_uri}/raw", num_images=8, storage_config=storage_config)
     manifest = run(tiny_config(f"{bucket_uri}/raw", f"{bucket_uri}/out", storage=storage_config)).manifest
+    client = boto3.client("s3", endpoint_url=storage_config.endpoint_url, region_name="us-east-1")
+    bucket = bucket_uri.removeprefix("s3://")
+    text = client.get_object(Bucket=bucket, Key=f"out/{schema.MANIFEST_NAME}")["Body"].read().decode()
+    assert aws_env["AWS_SECRET_ACCESS_KEY"] not in text and aws_env["AWS_ACCESS_KEY_ID"] not in text
+    assert '"endpoint_url"' in text  # the rest of the storage config is recorded
     dataset = loader.ray_dataset(f"{bucket_uri}/out", "train", storage_config)
     batches = list(loader.iter_ray_batches(dataset, batch_size=4))
     assert sum(len(b["id"]) for b in batches) == manifest.counts["train"]
