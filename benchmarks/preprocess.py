@@ -96,7 +96,9 @@ def single_process_loop(config: PreprocessConfig, output: Path) -> float:
     listing = scan_source(config)
     output.mkdir(parents=True, exist_ok=True)
     rows = [process_sample(row, read_sample_files(row), config) for row in listing.rows]
-    table = pa.Table.from_pylist(rows, schema=OUTPUT_SCHEMA).drop_columns(["error", "files"]).cast(schema.SCHEMA)
+    table = (
+        pa.Table.from_pylist(rows, schema=OUTPUT_SCHEMA).drop_columns(["error", "files"]).cast(schema.SCHEMA)
+    )
     pq.write_table(table, output / "all.parquet", compression=schema.COMPRESSION, row_group_size=64)
     return time.perf_counter() - started
 
@@ -116,12 +118,16 @@ def decode_only(config: PreprocessConfig, fast: bool) -> tuple[float, int]:
     return time.perf_counter() - started, len(listing.rows)
 
 
-def encoding_table(raw_root: str, resolution: int, samples: int = 16) -> list[tuple[str, float, float, float]]:
+def encoding_table(
+    raw_root: str, resolution: int, samples: int = 16
+) -> list[tuple[str, float, float, float]]:
     """(encoding, KB per image incl. Parquet, encode ms, decode ms) at the output resolution."""
     images = []
     for sample_id in range(samples):
         with Image.open(f"{raw_root}/{raw.IMAGE_DIR}/{sample_id}.jpg") as image:
-            images.append(np.asarray(image.convert("RGB").resize((resolution, resolution), Image.Resampling.BICUBIC)))
+            images.append(
+                np.asarray(image.convert("RGB").resize((resolution, resolution), Image.Resampling.BICUBIC))
+            )
     out = []
     for encoding in ("jpeg", "png", "raw"):
         started = time.perf_counter()
@@ -140,13 +146,17 @@ def encoding_table(raw_root: str, resolution: int, samples: int = 16) -> list[tu
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--num-images", type=int, default=192, help="samples in the smaller dataset (default 192)")
+    parser.add_argument(
+        "--num-images", type=int, default=192, help="samples in the smaller dataset (default 192)"
+    )
     parser.add_argument("--image-size", type=int, default=1024)
     parser.add_argument("--mask-size", type=int, default=512)
     parser.add_argument("--resolution", type=int, default=512)
     parser.add_argument("--workdir", default="runs/bench", help="synthetic data is cached here")
     parser.add_argument("--encoding", default="jpeg", choices=["jpeg", "png", "raw"])
-    parser.add_argument("--repeats", type=int, default=2, help="warm job / loop passes, best taken (default 2)")
+    parser.add_argument(
+        "--repeats", type=int, default=2, help="warm job / loop passes, best taken (default 2)"
+    )
     args = parser.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray
@@ -190,7 +200,8 @@ def main() -> None:
     full_seconds, _ = decode_only(config, fast=False)
     floor_fast, floor_full = n / fast_seconds * cores, n / full_seconds * cores
 
-    print(f"\n== preprocessing, {args.image_size}-px JPEG + {args.mask_size}-px masks -> {args.resolution} px "
+    print(
+        f"\n== preprocessing, {args.image_size}-px JPEG + {args.mask_size}-px masks -> {args.resolution} px "
           f"({args.encoding}), {cores} cores, {results['large'][0]} samples ==")  # fmt: skip
     print(f"ray.init: {ray_start:.1f}s (not counted below)")
     print(f"{'what':42s} {'samples/s':>10s} {'x loop':>8s} {'x floor':>8s}")
@@ -207,7 +218,9 @@ def main() -> None:
     print(f"before Ray {baseline:.0f} MB; Ray idle {idle:.0f} MB")
     for name in ("small", "large"):
         count, seconds, peak = results[name]
-        print(f"{count:6d} samples: peak {peak:7.0f} MB, {count / seconds:6.1f} samples/s (cold, incl. listing)")
+        print(
+            f"{count:6d} samples: peak {peak:7.0f} MB, {count / seconds:6.1f} samples/s (cold, incl. listing)"
+        )
     print(f"peak ratio large/small: {results['large'][2] / results['small'][2]:.2f} for 2x the data")
     print(f"\n== image encodings at {args.resolution} px (16 samples) ==")
     print(f"{'encoding':10s} {'KB/image':>9s} {'encode ms':>10s} {'decode ms':>10s}")

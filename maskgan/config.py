@@ -96,7 +96,8 @@ def from_dict(cls: type[T], data: Mapping[str, Any], where: str = "") -> T:
             f"for {cls.__name__}; known keys: {', '.join(sorted(known))}"
         )
     kwargs = {
-        name: _coerce(hints[name], value, f"{where + '.' if where else ''}{name}") for name, value in data.items()
+        name: _coerce(hints[name], value, f"{where + '.' if where else ''}{name}")
+        for name, value in data.items()
     }
     return cls(**kwargs)
 
@@ -177,6 +178,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, presets: Mapping[str, 
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
 
 
-def config_from_arguments(cls: type[T], presets: Mapping[str, Callable[[], T]], args: argparse.Namespace) -> T:
+def config_from_arguments(
+    cls: type[T], presets: Mapping[str, Callable[[], T]], args: argparse.Namespace
+) -> T:
     """Resolve the config an entrypoint's flags describe."""
     return load(cls, presets[args.preset](), args.config, args.overrides)

@@ -39,7 +39,9 @@ class StorageConfig:
             raise ValueError("storage.access_key_id and storage.secret_access_key must be set together")
 
     def resolved_endpoint(self) -> str | None:
-        return self.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        return (
+            self.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        )
 
 
 class StorageError(RuntimeError):
@@ -73,7 +75,10 @@ def s3_filesystem(config: StorageConfig | None = None) -> pafs.S3FileSystem:
     config = config or StorageConfig()
     endpoint = config.resolved_endpoint()
     kwargs: dict = {
-        "region": config.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
+        "region": config.region
+        or os.environ.get("AWS_REGION")
+        or os.environ.get("AWS_DEFAULT_REGION")
+        or "us-east-1",
         "connect_timeout": config.connect_timeout_s,
         "request_timeout": config.request_timeout_s,
         "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=3),

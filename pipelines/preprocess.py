@@ -2,7 +2,8 @@
 
 Examples:
   python pipelines/preprocess.py --source data/celebamask-hq --output data/celebamask-parquet
-  python pipelines/preprocess.py --preset preprocess_256 --source s3://bucket/raw --output s3://bucket/parquet \\
+  python pipelines/preprocess.py --preset preprocess_256 \\
+      --source s3://bucket/raw --output s3://bucket/parquet \\
       --set storage.endpoint_url=http://127.0.0.1:9000
 Exit status: 0 done or already up to date; 1 the run failed (message says why); 2 bad arguments or config.
 """
@@ -26,7 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
     config_lib.add_config_arguments(parser, PRESETS)
     parser.add_argument("--source", help="raw CelebAMask-HQ root (sets source_uri)")
     parser.add_argument("--output", help="where shards and manifest.json go (sets output_uri)")
-    parser.add_argument("--overwrite", action="store_true", help="replace a finished output made with another config")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace a finished output made with another config"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
     return parser
 

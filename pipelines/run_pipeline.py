@@ -48,7 +48,10 @@ def main(config: PipelineConfig) -> PipelineResult:
     raw_uri = os.path.join(config.workdir, "celebamask-hq")
     parquet_uri = os.path.join(config.workdir, "parquet")
     synthetic_config = synthetic.SyntheticConfig(
-        num_images=config.num_images, image_size=config.image_size, mask_size=config.mask_size, seed=config.seed
+        num_images=config.num_images,
+        image_size=config.image_size,
+        mask_size=config.mask_size,
+        seed=config.seed,
     )
     marker = os.path.join(raw_uri, synthetic.MAPPING_FILE)
     if not os.path.exists(marker):
@@ -73,9 +76,15 @@ def cli(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     defaults = PipelineConfig()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workdir", default=defaults.workdir, help="where everything goes (default: %(default)s)")
-    parser.add_argument("--num-images", type=int, default=defaults.num_images, help="synthetic samples (default: %(default)s)")
-    parser.add_argument("--resolution", type=int, default=defaults.resolution, help="output px (default: %(default)s)")
+    parser.add_argument(
+        "--workdir", default=defaults.workdir, help="where everything goes (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--num-images", type=int, default=defaults.num_images, help="synthetic samples (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--resolution", type=int, default=defaults.resolution, help="output px (default: %(default)s)"
+    )
     args = parser.parse_args(argv)
     try:
         config = PipelineConfig(workdir=args.workdir, num_images=args.num_images, resolution=args.resolution)

@@ -206,7 +206,9 @@ def decode_mask(data: bytes, name: str, config: DecodeConfig) -> np.ndarray:
         if colour.shape[2] == 3 and not (
             np.array_equal(colour[..., 0], colour[..., 1]) and np.array_equal(colour[..., 0], colour[..., 2])
         ):
-            raise BadSample(f"mask {name} has colour (its channels differ); expected a single-channel 0/255 mask")
+            raise BadSample(
+                f"mask {name} has colour (its channels differ); expected a single-channel 0/255 mask"
+            )
         array = colour[..., 0]
     # A binary mask holds 0 and one other value (255 as released, 1 from some tools); anything else
     # (a gradient, an anti-aliased edge, a photo) is garbage. Counting beats np.unique ~30x here.
@@ -224,7 +226,9 @@ def decode_label(mask_bytes: Mapping[str, bytes], config: DecodeConfig, sample_i
     """Part masks -> (R, R) uint8 class map, merged in the official order at mask size, then resized."""
     if not mask_bytes:
         raise BadSample("image has no mask files")
-    parts = {part: decode_mask(data, mask_file_name(sample_id, part), config) for part, data in mask_bytes.items()}
+    parts = {
+        part: decode_mask(data, mask_file_name(sample_id, part), config) for part, data in mask_bytes.items()
+    }
     label = labels.merge_parts(parts, size=(config.mask_size, config.mask_size))
     if config.mask_size != config.resolution:
         label = np.asarray(

@@ -56,7 +56,7 @@ def read_shard(root: Location, shard: schema.ShardInfo, verify: bool = True, col
 
 
 def decode_table(table: pa.Table | dict[str, Any], encoding: str, resolution: int) -> dict[str, np.ndarray]:
-    """Rows with encoded image / raw label bytes -> numpy: id (B,), image uint8 (B, H, W, 3), label uint8 (B, H, W)."""
+    """Rows of encoded image / raw label bytes -> numpy id (B,), image (B, H, W, 3), label (B, H, W) uint8."""
     columns = table.to_pydict() if isinstance(table, pa.Table) else table
     images = [schema.decode_image(bytes(data), encoding, resolution) for data in columns["image"]]
     label_rows = [schema.decode_label(bytes(data), resolution) for data in columns["label"]]
@@ -69,8 +69,12 @@ def decode_table(table: pa.Table | dict[str, Any], encoding: str, resolution: in
 
 def to_torch(batch: dict[str, Any], device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
     """Decoded numpy (or tensor) batch -> the training layout, on `device`."""
-    image = torch.as_tensor(np.asarray(batch["image"]) if not torch.is_tensor(batch["image"]) else batch["image"])
-    label = torch.as_tensor(np.asarray(batch["label"]) if not torch.is_tensor(batch["label"]) else batch["label"])
+    image = torch.as_tensor(
+        np.asarray(batch["image"]) if not torch.is_tensor(batch["image"]) else batch["image"]
+    )
+    label = torch.as_tensor(
+        np.asarray(batch["label"]) if not torch.is_tensor(batch["label"]) else batch["label"]
+    )
     image = image.to(device).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)  # (B, 3, H, W) in [-1, 1]
     label = label.to(device).long()  # (B, H, W)
     ids = torch.as_tensor(np.asarray(batch["id"]) if not torch.is_tensor(batch["id"]) else batch["id"]).long()
@@ -131,7 +135,9 @@ def ray_dataset(uri: str, split: str, storage_config: StorageConfig | None = Non
     )
 
 
-def iter_ray_batches(dataset, batch_size: int, *, device: torch.device | str = "cpu", **kwargs) -> Iterator[dict]:
+def iter_ray_batches(
+    dataset, batch_size: int, *, device: torch.device | str = "cpu", **kwargs
+) -> Iterator[dict]:
     """Torch batches from a Ray Dataset or a Ray Train dataset shard (DataIterator)."""
     for batch in dataset.iter_torch_batches(batch_size=batch_size, **kwargs):
         yield to_torch(batch, device)

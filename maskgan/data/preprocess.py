@@ -17,7 +17,6 @@ import re
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -68,7 +67,9 @@ class PreprocessConfig:
         if not 0 <= self.max_bad_fraction <= 1:
             raise ValueError(f"max_bad_fraction must be in [0, 1], got {self.max_bad_fraction}")
         if abs(sum(self.hash_split_fractions) - 1) > 1e-6 or min(self.hash_split_fractions) < 0:
-            raise ValueError(f"hash_split_fractions must be >= 0 and sum to 1, got {self.hash_split_fractions}")
+            raise ValueError(
+                f"hash_split_fractions must be >= 0 and sum to 1, got {self.hash_split_fractions}"
+            )
         if self.batch_size <= 0 or self.read_threads <= 0:
             raise ValueError("batch_size and read_threads must be positive")
         if not self.source_uri or not self.output_uri:
@@ -88,10 +89,16 @@ def preprocess_256() -> PreprocessConfig:
 
 def preprocess_tiny() -> PreprocessConfig:
     """For tests and the quick-start: 64-px images, 32-px masks, 32 out, small shards."""
-    return PreprocessConfig(decode=DecodeConfig(resolution=32, mask_size=32), shard_target_mb=0.05, batch_size=4)
+    return PreprocessConfig(
+        decode=DecodeConfig(resolution=32, mask_size=32), shard_target_mb=0.05, batch_size=4
+    )
 
 
-PRESETS = {"preprocess_512": preprocess_512, "preprocess_256": preprocess_256, "preprocess_tiny": preprocess_tiny}
+PRESETS = {
+    "preprocess_512": preprocess_512,
+    "preprocess_256": preprocess_256,
+    "preprocess_tiny": preprocess_tiny,
+}
 
 
 class PreprocessError(RuntimeError):
@@ -192,7 +199,8 @@ def scan_source(config: PreprocessConfig) -> Listing:
             reason = f"unknown part name in {names}; known parts: {', '.join(labels.PART_NAMES)}"
             files = files + tuple(unknown_parts[sample_id])
         elif not mask_paths:
-            reason = f"image has no mask files (expected {raw.MASK_DIR}/{raw.mask_folder(sample_id)}/{sample_id:05d}_<part>.png)"
+            expected = f"{raw.MASK_DIR}/{raw.mask_folder(sample_id)}/{sample_id:05d}_<part>.png"
+            reason = f"image has no mask files (expected {expected})"
         elif mapping is not None and sample_id not in mapping:
             reason = f"id missing from {raw.MAPPING_FILE}, so its official split is unknown"
         else:
@@ -260,7 +268,9 @@ def process_sample(row: dict, files: dict[str, bytes | None], config: Preprocess
         if missing:
             raise BadSample(f"file disappeared while reading: {', '.join(missing)}")
         image = raw.decode_image(files[row["image_path"]], config.decode)
-        mask_bytes = {part: files[path] for part, path in zip(row["mask_parts"], row["mask_paths"], strict=True)}
+        mask_bytes = {
+            part: files[path] for part, path in zip(row["mask_parts"], row["mask_paths"], strict=True)
+        }
         label = raw.decode_label(mask_bytes, config.decode, row["id"])
     except BadSample as error:
         out["error"] = str(error)
@@ -363,7 +373,8 @@ def run(config: PreprocessConfig, overwrite: bool = False) -> PreprocessResult:
                 output.uri, output.join(schema.MANIFEST_NAME).uri, existing, True, time.monotonic() - started
             )
         changes = _config_differences(
-            {**existing.config, "source_uri": existing.source_uri}, {**resolved, "source_uri": config.source_uri}
+            {**existing.config, "source_uri": existing.source_uri},
+            {**resolved, "source_uri": config.source_uri},
         )
         changes = [c for c in changes if c.split(":")[0].split(".")[0] not in NON_OUTPUT_FIELDS]
         raise PreprocessError(
@@ -399,7 +410,8 @@ def run(config: PreprocessConfig, overwrite: bool = False) -> PreprocessResult:
     written = sum(shard.num_rows for shard in shards)
     if written + len(quarantined) != listing.num_input:
         raise PreprocessError(
-            f"row counts do not reconcile: {listing.num_input} in, {written} written, {len(quarantined)} quarantined; "
+            f"row counts do not reconcile: {listing.num_input} in, {written} written, "
+            f"{len(quarantined)} quarantined; "
             "the output is left without a manifest, rerun preprocess"
         )
     _check_no_stale_files(output, shards)
@@ -407,12 +419,15 @@ def run(config: PreprocessConfig, overwrite: bool = False) -> PreprocessResult:
 
     bad_fraction = len(quarantined) / max(1, listing.num_input)
     if bad_fraction > config.max_bad_fraction:
-        reasons = Counter(re.sub(r"\d+", "N", q.reason.split(";")[0])[:80] for q in quarantined).most_common(3)
+        reasons = Counter(re.sub(r"\d+", "N", q.reason.split(";")[0])[:80] for q in quarantined).most_common(
+            3
+        )
         raise PreprocessError(
             f"{len(quarantined)} of {listing.num_input} samples ({bad_fraction:.1%}) are bad, over "
             f"max_bad_fraction={config.max_bad_fraction:.1%}; most common reasons: "
             + "; ".join(f"{count} x {reason}" for reason, count in reasons)
-            + f". See {output.join(schema.QUARANTINE_NAME).uri}; fix the source or raise --set max_bad_fraction=..."
+            + f". See {output.join(schema.QUARANTINE_NAME).uri}; fix the source or raise "
+            "--set max_bad_fraction=..."
             " (no manifest was written)."
         )
 
@@ -439,17 +454,29 @@ def run(config: PreprocessConfig, overwrite: bool = False) -> PreprocessResult:
     manifest_location = output.join(schema.MANIFEST_NAME)
     storage.write_bytes(manifest_location, manifest.to_json().encode())  # last: marks the output complete
     seconds = time.monotonic() - started
-    log.info("wrote %d rows in %d shards (%d quarantined) in %.1fs", written, len(shards), len(quarantined), seconds)
+    log.info(
+        "wrote %d rows in %d shards (%d quarantined) in %.1fs",
+        written,
+        len(shards),
+        len(quarantined),
+        seconds,
+    )
     return PreprocessResult(output.uri, manifest_location.uri, manifest, False, seconds)
 
 
-def _run_ray_pipeline(listing: Listing, config: PreprocessConfig, run_id: str, rows_per_shard: int) -> list[dict]:
+def _run_ray_pipeline(
+    listing: Listing, config: PreprocessConfig, run_id: str, rows_per_shard: int
+) -> list[dict]:
     import ray
     from ray.data import DataContext
 
     _ray_init()
     context = DataContext.get_current()
-    saved = (context.enable_progress_bars, context.enable_operator_progress_bars, context.op_resource_reservation_enabled)
+    saved = (
+        context.enable_progress_bars,
+        context.enable_operator_progress_bars,
+        context.op_resource_reservation_enabled,
+    )
     context.enable_progress_bars = context.enable_operator_progress_bars = config.progress
     # Ray Data reserves part of the CPUs for each operator by default; with a light writer behind
     # CPU-bound decoding that halves decode concurrency on small nodes (measured: 75 -> 140

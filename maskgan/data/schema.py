@@ -138,6 +138,7 @@ class Manifest:
             )
         data["shards"] = [ShardInfo(**shard) for shard in data["shards"]]
         data["quarantined"] = [
-            QuarantineEntry(id=q["id"], reason=q["reason"], files=tuple(q.get("files", ()))) for q in data["quarantined"]
+            QuarantineEntry(id=q["id"], reason=q["reason"], files=tuple(q.get("files", ())))
+            for q in data["quarantined"]
         ]
         return cls(**data)

@@ -49,7 +49,9 @@ class ShardSink(Datasink):
         table = pa.concat_tables(tables)
         bad = table.filter(pc.is_valid(table["error"]))
         good = table.filter(pc.is_null(table["error"])).drop_columns(["error", "files"])
-        quarantined = [{"id": row["id"], "reason": row["error"], "files": row["files"]} for row in bad.to_pylist()]
+        quarantined = [
+            {"id": row["id"], "reason": row["error"], "files": row["files"]} for row in bad.to_pylist()
+        ]
         root = storage.resolve(self.output_uri, self.storage_config)
         shards = []
         for split in SPLITS:

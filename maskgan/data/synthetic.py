@@ -526,7 +526,9 @@ def jpeg_bytes(image: Image.Image, quality: int) -> bytes:
 
 def sample_files(config: SyntheticConfig, sample: SyntheticSample) -> dict[str, bytes]:
     """Encoded files of one sample, keyed by their path relative to the dataset root."""
-    files = {f"{IMAGE_DIR}/{sample.image_id}.jpg": jpeg_bytes(Image.fromarray(sample.image), config.jpeg_quality)}
+    files = {
+        f"{IMAGE_DIR}/{sample.image_id}.jpg": jpeg_bytes(Image.fromarray(sample.image), config.jpeg_quality)
+    }
     folder = f"{MASK_DIR}/{sample.image_id // IDS_PER_MASK_FOLDER}"
     for name, mask in sample.parts.items():
         files[f"{folder}/{sample.image_id:05d}_{name}.png"] = png_bytes(mask)

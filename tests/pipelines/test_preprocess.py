@@ -31,12 +31,24 @@ def test_run_writes_shards_manifest_and_reconciles(tmp_path, ray_session):
     result = run(tiny_config(str(tmp_path / "raw"), str(tmp_path / "out")))
     manifest = result.manifest
     assert not result.skipped
-    assert manifest.counts["input"] == 14 and manifest.counts["written"] == 14 and manifest.counts["quarantined"] == 0
+    assert (
+        manifest.counts["input"] == 14
+        and manifest.counts["written"] == 14
+        and manifest.counts["quarantined"] == 0
+    )
     assert manifest.split_source == "official mapping file"
     # Splits follow the mapping file's orig_idx.
     for split in ("train", "val", "test"):
         expected = {i for i in raw_config.ids if synthetic.expected_split(raw_config, i) == split}
-        ids = {int(b["id"][j]) for b in loader.iter_batches(str(tmp_path / "out"), split, 4) for j in range(len(b["id"]))} if expected else set()
+        ids = (
+            {
+                int(b["id"][j])
+                for b in loader.iter_batches(str(tmp_path / "out"), split, 4)
+                for j in range(len(b["id"]))
+            }
+            if expected
+            else set()
+        )
         assert ids == expected, split
         assert manifest.counts[split] == len(expected)
     # Several shards (target 0.02 MB), each listed with its row count and checksum, in its split folder.
@@ -102,10 +114,17 @@ def test_every_bad_input_is_quarantined_and_the_rest_lands(tmp_path, ray_session
     assert counts["input"] == 16 and counts["quarantined"] == len(DEFECTS)
     assert counts["written"] + counts["quarantined"] == counts["input"]
     assert counts["ignored_files"] == 1
-    written_ids = {int(i) for split in ("train", "val", "test") for b in loader.iter_batches(str(tmp_path / "out"), split, 8) for i in b["id"]}
+    written_ids = {
+        int(i)
+        for split in ("train", "val", "test")
+        for b in loader.iter_batches(str(tmp_path / "out"), split, 8)
+        for i in b["id"]
+    }
     assert written_ids == set(range(16)) - set(bad_ids.values())
     assert 0 in written_ids
-    lines = [json.loads(line) for line in (tmp_path / "out" / schema.QUARANTINE_NAME).read_text().splitlines()]
+    lines = [
+        json.loads(line) for line in (tmp_path / "out" / schema.QUARANTINE_NAME).read_text().splitlines()
+    ]
     assert {line["id"] for line in lines} == set(bad_ids.values())
     assert all(line["files"] for line in lines)
 
@@ -175,7 +194,9 @@ def test_killed_run_leaves_no_manifest_and_next_run_is_clean(tmp_path):
             "--source", raw, "--output", str(out), "--no-progress",
             "--set", "shard_target_mb=0.005", "--set", "batch_size=2"]  # fmt: skip
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(REPO)}
-    process = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    process = subprocess.Popen(
+        args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not list(out.rglob("*.parquet")) and process.poll() is None:
         time.sleep(0.05)
@@ -189,7 +210,12 @@ def test_killed_run_leaves_no_manifest_and_next_run_is_clean(tmp_path):
     manifest = loader.read_manifest(str(out))
     assert manifest.counts["written"] == 60
     assert parquet_files(out) == sorted(s.path for s in manifest.shards)
-    ids = [int(i) for split in ("train", "val", "test") for b in loader.iter_batches(str(out), split, 16) for i in b["id"]]
+    ids = [
+        int(i)
+        for split in ("train", "val", "test")
+        for b in loader.iter_batches(str(out), split, 16)
+        for i in b["id"]
+    ]
     assert sorted(ids) == list(range(60))  # no duplicates, nothing lost
     assert "parquet:" in completed.stdout and "manifest:" in completed.stdout
 
@@ -204,7 +230,9 @@ def test_cli_help_and_print_config(capsys):
         preprocess_cli.cli(["--help"])
     assert exit_info.value.code == 0
     assert "--overwrite" in capsys.readouterr().out
-    assert preprocess_cli.cli(["--preset", "preprocess_256", "--set", "jpeg_quality=90", "--print-config"]) == 0
+    assert (
+        preprocess_cli.cli(["--preset", "preprocess_256", "--set", "jpeg_quality=90", "--print-config"]) == 0
+    )
     printed = capsys.readouterr().out
     assert "resolution: 256" in printed and "jpeg_quality: 90" in printed
     with pytest.raises(SystemExit) as exit_info:

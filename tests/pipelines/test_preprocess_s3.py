@@ -33,7 +33,9 @@ def test_s3_run_matches_the_local_run(tmp_path, ray_session, s3_bucket):
     bucket = bucket_uri.removeprefix("s3://")
     keys = {obj["Key"] for obj in client.list_objects_v2(Bucket=bucket, Prefix="parquet/")["Contents"]}
     assert f"parquet/{schema.MANIFEST_NAME}" in keys and f"parquet/{schema.QUARANTINE_NAME}" in keys
-    assert {k for k in keys if k.endswith(".parquet")} == {f"parquet/{s.path}" for s in s3_result.manifest.shards}
+    assert {k for k in keys if k.endswith(".parquet")} == {
+        f"parquet/{s.path}" for s in s3_result.manifest.shards
+    }
 
     # Same pixels and labels from S3 as from local disk, and labels equal the synthetic ground truth.
     for split in ("train", "val", "test"):

@@ -7,7 +7,9 @@ from pipelines import run_pipeline as entry
 
 
 def test_main_job_generates_and_preprocesses(tmp_path, ray_session, capsys):
-    config = entry.PipelineConfig(workdir=str(tmp_path), num_images=10, image_size=64, mask_size=32, resolution=32)
+    config = entry.PipelineConfig(
+        workdir=str(tmp_path), num_images=10, image_size=64, mask_size=32, resolution=32
+    )
     result = entry.main(config)
     manifest = loader.read_manifest(result.parquet_uri)
     assert manifest.counts["written"] == 10 and manifest.resolution == 32

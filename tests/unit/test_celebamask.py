@@ -45,7 +45,10 @@ def test_hash_split_is_deterministic_and_follows_fractions():
 
 
 def test_text_files_parse_and_report_bad_lines():
-    assert raw.parse_mapping("idx orig_idx orig_file\n0 119613 119614.jpg\n1 99094 99095.jpg\n") == {0: 119613, 1: 99094}
+    assert raw.parse_mapping("idx orig_idx orig_file\n0 119613 119614.jpg\n1 99094 99095.jpg\n") == {
+        0: 119613,
+        1: 99094,
+    }
     with pytest.raises(ValueError, match="line 2"):
         raw.parse_mapping("idx orig_idx orig_file\nzero x y\n")
     names, values = raw.parse_attributes("1\nA B\n7.jpg 1 -1\n")

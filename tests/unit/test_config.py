@@ -9,9 +9,15 @@ from maskgan.storage import StorageConfig
 
 def test_overrides_keep_types_and_nest():
     config = config_lib.load(
-        PreprocessConfig, preprocess_tiny(), overrides=["decode.resolution=16", "shard_target_mb=2", "progress=false"]
+        PreprocessConfig,
+        preprocess_tiny(),
+        overrides=["decode.resolution=16", "shard_target_mb=2", "progress=false"],
     )
-    assert config.decode.resolution == 16 and isinstance(config.shard_target_mb, float) and config.progress is False
+    assert (
+        config.decode.resolution == 16
+        and isinstance(config.shard_target_mb, float)
+        and config.progress is False
+    )
 
 
 def test_unknown_key_is_named():
@@ -28,7 +34,8 @@ def test_bad_value_is_named():
 
 def test_yaml_round_trip_drops_secrets(tmp_path):
     config = dataclasses.replace(
-        preprocess_tiny(), storage=StorageConfig(access_key_id="AKIDEXAMPLE", secret_access_key="s3cr3t-value")
+        preprocess_tiny(),
+        storage=StorageConfig(access_key_id="AKIDEXAMPLE", secret_access_key="s3cr3t-value"),
     )
     text = config_lib.to_yaml(config)
     assert "s3cr3t-value" not in text and "AKIDEXAMPLE" not in text
@@ -43,5 +50,7 @@ def test_fingerprint_ignores_excluded_fields():
     a = preprocess_tiny()
     b = dataclasses.replace(a, batch_size=99)
     c = dataclasses.replace(a, jpeg_quality=50)
-    assert config_lib.fingerprint(a, exclude=["batch_size"]) == config_lib.fingerprint(b, exclude=["batch_size"])
+    assert config_lib.fingerprint(a, exclude=["batch_size"]) == config_lib.fingerprint(
+        b, exclude=["batch_size"]
+    )
     assert config_lib.fingerprint(a) != config_lib.fingerprint(c)

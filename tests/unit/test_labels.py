@@ -23,7 +23,14 @@ def test_class_order_is_the_released_one():
 
 @pytest.mark.parametrize(
     ("under", "over"),
-    [("skin", "hair"), ("nose", "hair"), ("hair", "hat"), ("neck_l", "neck"), ("neck", "cloth"), ("skin", "l_eye")],
+    [
+        ("skin", "hair"),
+        ("nose", "hair"),
+        ("hair", "hat"),
+        ("neck_l", "neck"),
+        ("neck", "cloth"),
+        ("skin", "l_eye"),
+    ],
 )
 def test_merge_later_class_overwrites_earlier(under, over):
     parts = {under: square(8, 0, 0, 6, 6), over: square(8, 3, 3, 8, 8)}
@@ -55,7 +62,9 @@ def test_colour_round_trip_and_stray_colours():
     colour = labels.label_to_color(label)
     np.testing.assert_array_equal(labels.color_to_label(colour), label)
     noisy = colour.astype(np.int16) + 3
-    np.testing.assert_array_equal(labels.color_to_label(np.clip(noisy, 0, 255).astype(np.uint8), tolerance=5), label)
+    np.testing.assert_array_equal(
+        labels.color_to_label(np.clip(noisy, 0, 255).astype(np.uint8), tolerance=5), label
+    )
     colour[0, 0] = (123, 77, 10)
     with pytest.raises(ValueError, match="levels away"):
         labels.color_to_label(colour)
