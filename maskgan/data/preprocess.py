@@ -21,7 +21,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-import numpy as np
 import pyarrow as pa
 
 from maskgan import config as config_lib
@@ -276,7 +275,7 @@ def process_sample(row: dict, files: dict[str, bytes | None], config: Preprocess
         out["error"] = str(error)
         return out
     out["image"] = schema.encode_image(image, config.image_encoding, config.jpeg_quality)
-    out["label"] = np.ascontiguousarray(label).tobytes()
+    out["label"] = schema.encode_label(label)
     out["classes"] = raw.present_classes(label)
     return out
 
@@ -344,8 +343,7 @@ def _estimate_rows_per_shard(listing: Listing, config: PreprocessConfig) -> int:
         paths = [row["image_path"], *row["mask_paths"]]
         out = process_sample(row, dict(zip(paths, _read_all(fs, paths, 1), strict=True)), config)
         if out["error"] is None:
-            # Labels compress ~20-50x in Parquet; count a quarter of their raw size to stay conservative.
-            per_row = len(out["image"]) + len(out["label"]) / 4 + 200
+            per_row = len(out["image"]) + len(out["label"]) + 200
             return max(1, int(target // per_row))
     return max(1, int(target // (config.decode.resolution**2 * 0.5)))
 

@@ -108,3 +108,7 @@ def test_image_encodings_round_trip():
     assert np.abs(jpeg.astype(int) - smooth).mean() < 3
     with pytest.raises(ValueError, match="not one of"):
         schema.encode_image(image, "webp")
+    label = rng.integers(0, 19, (16, 16), dtype=np.uint8)
+    encoded = schema.encode_label(label)
+    assert len(encoded) < label.nbytes or label.nbytes < 512
+    np.testing.assert_array_equal(schema.decode_label(encoded, 16), label)
