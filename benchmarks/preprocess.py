@@ -31,7 +31,8 @@ from PIL import Image
 from maskgan.data import celebamask as raw
 from maskgan.data import schema, synthetic
 from maskgan.data.celebamask import DecodeConfig
-from maskgan.data.preprocess import OUTPUT_SCHEMA, PreprocessConfig, process_sample, run, scan_source
+from maskgan.data.listing import Listing, scan_source
+from maskgan.data.preprocess import OUTPUT_SCHEMA, PreprocessConfig, process_sample, run
 
 
 def process_tree_pss_mb(root_pid: int) -> float:
@@ -92,6 +93,10 @@ def ensure_raw(workdir: Path, num_images: int, image_size: int, mask_size: int) 
     return str(root)
 
 
+def list_source(config: PreprocessConfig) -> Listing:
+    return scan_source(config.source_uri, config.storage, config.hash_split_fractions, config.split_seed)
+
+
 def read_sample_files(row: dict) -> dict[str, bytes]:
     return {path: Path(path).read_bytes() for path in [row["image_path"], *row["mask_paths"]]}
 
@@ -99,7 +104,7 @@ def read_sample_files(row: dict) -> dict[str, bytes]:
 def single_process_loop(config: PreprocessConfig, output: Path) -> float:
     """The same work without Ray: list, read, decode, merge, encode, write Parquet. Returns seconds."""
     started = time.perf_counter()
-    listing = scan_source(config)
+    listing = list_source(config)
     output.mkdir(parents=True, exist_ok=True)
     rows = [process_sample(row, read_sample_files(row), config) for row in listing.rows]
     table = (
@@ -111,7 +116,7 @@ def single_process_loop(config: PreprocessConfig, output: Path) -> float:
 
 def decode_only(config: PreprocessConfig, fast: bool) -> tuple[float, int]:
     """Decode every input image and mask, nothing else. Returns (seconds, samples)."""
-    listing = scan_source(config)
+    listing = list_source(config)
     files = [read_sample_files(row) for row in listing.rows]  # reading is not decoding: excluded
     started = time.perf_counter()
     for row, contents in zip(listing.rows, files, strict=True):

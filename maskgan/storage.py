@@ -153,6 +153,13 @@ def read_bytes(location: Location) -> bytes:
         raise _describe(location, "read", error) from None
 
 
+def read_text_if_exists(location: Location) -> str | None:
+    """A whole object as UTF-8 text, or None when it does not exist."""
+    if not exists(location):
+        return None
+    return read_bytes(location).decode("utf-8", errors="replace")
+
+
 def write_bytes(location: Location, data: bytes) -> None:
     """Write a whole object. Local files go through a temporary name and a rename, so a reader never
     sees a half-written file; S3 PUTs are atomic already."""

@@ -28,14 +28,13 @@ from maskgan import labels, storage
 from maskgan.data import celebamask as raw
 from maskgan.data import schema
 from maskgan.data.celebamask import BadSample, DecodeConfig
+from maskgan.data.listing import OFFICIAL_FRACTIONS, Listing, SourceError, scan_source
 from maskgan.storage import Location, StorageConfig
 
 log = logging.getLogger(__name__)
 
 # Fields that change speed, not output: a rerun that differs only in these is still up to date.
 NON_OUTPUT_FIELDS = ("storage", "batch_size", "read_threads", "progress")
-# Official proportions (24,183 / 2,993 / 2,824), used for the hash split when no mapping file exists.
-OFFICIAL_FRACTIONS = (0.8061, 0.0998, 0.0941)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -105,18 +104,6 @@ class PreprocessError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class Listing:
-    """The raw tree as names: candidate rows for Ray Data, plus what is already known to be bad."""
-
-    rows: list[dict]
-    quarantined: list[schema.QuarantineEntry]
-    num_input: int
-    ignored_files: list[str]
-    attribute_names: list[str]
-    split_source: str
-
-
-@dataclass(frozen=True)
 class PreprocessResult:
     output_uri: str
     manifest_uri: str
@@ -134,102 +121,6 @@ class PreprocessResult:
             f"{counts['quarantined']} quarantined of {counts['input']}\n"
             f"  parquet:  {self.output_uri}/{{train,val,test}}/\n  manifest: {self.manifest_uri}"
         )
-
-
-# ---------------------------------------------------------------- listing (driver)
-
-
-def _read_text(location: Location) -> str | None:
-    if not storage.exists(location):
-        return None
-    return storage.read_bytes(location).decode("utf-8", errors="replace")
-
-
-def scan_source(config: PreprocessConfig) -> Listing:
-    """List images and part masks, group them by id, and attach split, attributes and pose."""
-    root = storage.resolve(config.source_uri, config.storage)
-    storage.check_reachable(root)
-    image_files = storage.list_files(root.join(raw.IMAGE_DIR), recursive=False)
-    mask_files = storage.list_files(root.join(raw.MASK_DIR), recursive=True)
-    if not image_files and not mask_files:
-        raise PreprocessError(
-            f"no CelebAMask-HQ data under {root.uri}: expected {raw.IMAGE_DIR}/<id>.jpg and "
-            f"{raw.MASK_DIR}/<folder>/<id:05d>_<part>.png; check source_uri"
-        )
-
-    ignored: list[str] = []
-    images: dict[int, str] = {}
-    for info in image_files:
-        match = raw.IMAGE_NAME.match(info.base_name)
-        if match:
-            images[int(match.group(1))] = info.path
-        else:
-            ignored.append(info.path)
-    masks: dict[int, dict[str, str]] = {}
-    unknown_parts: dict[int, list[str]] = {}
-    for info in mask_files:
-        match = raw.MASK_NAME.match(info.base_name)
-        if not match:
-            ignored.append(info.path)
-            continue
-        sample_id, part = int(match.group(1)), match.group(2)
-        if part in labels.PART_NAMES:
-            masks.setdefault(sample_id, {})[part] = info.path
-        else:
-            unknown_parts.setdefault(sample_id, []).append(info.path)
-
-    mapping_text = _read_text(root.join(raw.MAPPING_FILE))
-    mapping = raw.parse_mapping(mapping_text) if mapping_text is not None else None
-    attribute_text = _read_text(root.join(raw.ATTRIBUTE_FILE))
-    attribute_names, attributes = raw.parse_attributes(attribute_text) if attribute_text else ([], {})
-    pose_text = _read_text(root.join(raw.POSE_FILE))
-    poses = raw.parse_pose(pose_text) if pose_text else {}
-
-    rows: list[dict] = []
-    quarantined: list[schema.QuarantineEntry] = []
-    all_ids = sorted(set(images) | set(masks) | set(unknown_parts))
-    for sample_id in all_ids:
-        mask_paths = masks.get(sample_id, {})
-        files = tuple(p for p in ([images.get(sample_id)] + sorted(mask_paths.values())) if p)
-        if sample_id not in images:
-            reason = f"masks with no image (expected {raw.image_relative_path(sample_id)})"
-        elif sample_id in unknown_parts:
-            names = ", ".join(posixpath.basename(p) for p in unknown_parts[sample_id])
-            reason = f"unknown part name in {names}; known parts: {', '.join(labels.PART_NAMES)}"
-            files = files + tuple(unknown_parts[sample_id])
-        elif not mask_paths:
-            expected = f"{raw.MASK_DIR}/{raw.mask_folder(sample_id)}/{sample_id:05d}_<part>.png"
-            reason = f"image has no mask files (expected {expected})"
-        elif mapping is not None and sample_id not in mapping:
-            reason = f"id missing from {raw.MAPPING_FILE}, so its official split is unknown"
-        else:
-            reason = None
-        if reason is not None:
-            quarantined.append(schema.QuarantineEntry(id=sample_id, reason=reason, files=files))
-            continue
-        if mapping is not None:
-            orig_idx = mapping[sample_id]
-            split = raw.official_split(orig_idx)
-        else:
-            orig_idx = None
-            split = raw.hash_split(sample_id, config.hash_split_fractions, config.split_seed)
-        pose = poses.get(sample_id)
-        rows.append(
-            {
-                "id": sample_id,
-                "split": split,
-                "image_path": images[sample_id],
-                "mask_parts": sorted(mask_paths),
-                "mask_paths": [mask_paths[part] for part in sorted(mask_paths)],
-                "orig_idx": orig_idx,
-                "attributes": attributes.get(sample_id),
-                "pose": list(pose) if pose else None,
-            }
-        )
-    # Contiguous splits: each write task then sees (almost always) one split, so shards stay full.
-    rows.sort(key=lambda row: (raw.SPLITS.index(row["split"]), row["id"]))
-    split_source = "official mapping file" if mapping is not None else "hash of id (no mapping file)"
-    return Listing(rows, quarantined, len(all_ids), ignored, attribute_names, split_source)
 
 
 # ---------------------------------------------------------------- per-sample work (Ray tasks)
@@ -303,7 +194,7 @@ def process_batch(batch: pa.Table, config: PreprocessConfig) -> pa.Table:
 
 def _existing_manifest(output: Location) -> schema.Manifest | None:
     location = output.join(schema.MANIFEST_NAME)
-    text = _read_text(location)
+    text = storage.read_text_if_exists(location)
     if text is None:
         return None
     try:
@@ -380,7 +271,12 @@ def run(config: PreprocessConfig, overwrite: bool = False) -> PreprocessResult:
             "Pass --overwrite to replace it, or choose another output_uri."
         )
 
-    listing = scan_source(config)
+    try:
+        listing = scan_source(
+            config.source_uri, config.storage, config.hash_split_fractions, config.split_seed
+        )
+    except SourceError as error:
+        raise PreprocessError(str(error)) from None
     log.info(
         "found %d samples under %s (%d quarantined while listing, %d files ignored); split from %s",
         listing.num_input, config.source_uri, len(listing.quarantined), len(listing.ignored_files),

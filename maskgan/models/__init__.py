@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
 from maskgan.models.blender import AlphaBlender, BlenderConfig, blender_official, blender_tiny
 from maskgan.models.discriminator import (
     DiscriminatorConfig,
@@ -14,6 +11,14 @@ from maskgan.models.discriminator import (
     discriminator_tiny,
 )
 from maskgan.models.dmn import DenseMappingNetwork, DMNConfig, dmn_base_256, dmn_official_512, dmn_tiny
+from maskgan.models.mask_vae import (
+    EditSimulatorConfig,
+    MaskVAE,
+    MaskVAEConfig,
+    mask_vae_base_256,
+    mask_vae_official_512,
+    mask_vae_tiny,
+)
 from maskgan.models.norms import SFT, AdaIN, adaptive_instance_norm, split_adain_params
 from maskgan.models.official import (
     convert_released_state_dict,
@@ -21,25 +26,7 @@ from maskgan.models.official import (
     load_released_generator,
     released_key_map,
 )
-
-# Imported on first use, so that importing the generator side does not pay for (or break on) these modules.
-_LAZY = {
-    "MaskVAE": "maskgan.models.mask_vae",
-    "MaskVAEConfig": "maskgan.models.mask_vae",
-    "EditSimulatorConfig": "maskgan.models.mask_vae",
-    "mask_vae_official_512": "maskgan.models.mask_vae",
-    "mask_vae_base_256": "maskgan.models.mask_vae",
-    "mask_vae_tiny": "maskgan.models.mask_vae",
-    "PerceptualConfig": "maskgan.models.perceptual",
-    "VGG19Features": "maskgan.models.perceptual",
-}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'maskgan.models' has no attribute {name!r}")
-
+from maskgan.models.perceptual import PerceptualConfig, VGG19Features
 
 __all__ = [
     "SFT",
@@ -64,5 +51,12 @@ __all__ = [
     "load_released_generator",
     "released_key_map",
     "split_adain_params",
-    *_LAZY,
+    "EditSimulatorConfig",
+    "MaskVAE",
+    "MaskVAEConfig",
+    "mask_vae_base_256",
+    "mask_vae_official_512",
+    "mask_vae_tiny",
+    "PerceptualConfig",
+    "VGG19Features",
 ]
