@@ -6,6 +6,7 @@ and ~400,000 masks on S3 costs a few list calls, not a read per file.
 
 from __future__ import annotations
 
+import hashlib
 import posixpath
 from dataclasses import dataclass
 
@@ -32,6 +33,7 @@ class Listing:
     ignored_files: list[str]
     attribute_names: list[str]
     split_source: str
+    source_fingerprint: str  # names and sizes of every file: changes when the source does
 
 
 def scan_source(
@@ -51,6 +53,9 @@ def scan_source(
             f"{raw.MASK_DIR}/<folder>/<id:05d>_<part>.png; check source_uri"
         )
 
+    digest = hashlib.sha256()
+    for info in [*image_files, *mask_files]:
+        digest.update(f"{posixpath.relpath(info.path, root.path)}\t{info.size}\n".encode())
     ignored: list[str] = []
     images: dict[int, str] = {}
     for info in image_files:
@@ -77,6 +82,8 @@ def scan_source(
     attribute_text = storage.read_text_if_exists(root.join(raw.ATTRIBUTE_FILE))
     attribute_names, attributes = raw.parse_attributes(attribute_text) if attribute_text else ([], {})
     pose_text = storage.read_text_if_exists(root.join(raw.POSE_FILE))
+    for text in (mapping_text, attribute_text, pose_text):
+        digest.update(hashlib.sha256((text or "").encode()).digest())
     poses = raw.parse_pose(pose_text) if pose_text else {}
 
     rows: list[dict] = []
@@ -123,4 +130,6 @@ def scan_source(
     # Contiguous splits: each write task then sees (almost always) one split, so shards stay full.
     rows.sort(key=lambda row: (raw.SPLITS.index(row["split"]), row["id"]))
     split_source = "official mapping file" if mapping is not None else "hash of id (no mapping file)"
-    return Listing(rows, quarantined, len(all_ids), ignored, attribute_names, split_source)
+    return Listing(
+        rows, quarantined, len(all_ids), ignored, attribute_names, split_source, digest.hexdigest()[:16]
+    )

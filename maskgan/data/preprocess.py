@@ -256,20 +256,16 @@ def run(config: PreprocessConfig, overwrite: bool = False) -> PreprocessResult:
     fingerprint = config_lib.fingerprint(config, exclude=NON_OUTPUT_FIELDS)
     existing = _existing_manifest(output)
     if existing is not None and not overwrite:
-        if existing.config_fingerprint == fingerprint and existing.source_uri == config.source_uri:
-            log.info("%s is up to date (same config, manifest present): nothing to do", output.uri)
-            return PreprocessResult(
-                output.uri, output.join(schema.MANIFEST_NAME).uri, existing, True, time.monotonic() - started
+        if existing.config_fingerprint != fingerprint or existing.source_uri != config.source_uri:
+            changes = _config_differences(
+                {**existing.config, "source_uri": existing.source_uri},
+                {**resolved, "source_uri": config.source_uri},
             )
-        changes = _config_differences(
-            {**existing.config, "source_uri": existing.source_uri},
-            {**resolved, "source_uri": config.source_uri},
-        )
-        changes = [c for c in changes if c.split(":")[0].split(".")[0] not in NON_OUTPUT_FIELDS]
-        raise PreprocessError(
-            f"{output.uri} already holds a finished run with a different config ({'; '.join(changes[:5])}). "
-            "Pass --overwrite to replace it, or choose another output_uri."
-        )
+            changes = [c for c in changes if c.split(":")[0].split(".")[0] not in NON_OUTPUT_FIELDS]
+            raise PreprocessError(
+                f"{output.uri} already holds a finished run with a different config "
+                f"({'; '.join(changes[:5])}). Pass --overwrite to replace it, or choose another output_uri."
+            )
 
     try:
         listing = scan_source(
@@ -277,6 +273,16 @@ def run(config: PreprocessConfig, overwrite: bool = False) -> PreprocessResult:
         )
     except SourceError as error:
         raise PreprocessError(str(error)) from None
+    if existing is not None and not overwrite:
+        if existing.source_fingerprint == listing.source_fingerprint:
+            log.info("%s is up to date (same config and source, manifest present): nothing to do", output.uri)
+            return PreprocessResult(
+                output.uri, output.join(schema.MANIFEST_NAME).uri, existing, True, time.monotonic() - started
+            )
+        raise PreprocessError(
+            f"the source {config.source_uri} changed since {output.uri} was made from it (file names or "
+            "sizes differ). Pass --overwrite to rebuild it, or choose another output_uri."
+        )
     log.info(
         "found %d samples under %s (%d quarantined while listing, %d files ignored); split from %s",
         listing.num_input, config.source_uri, len(listing.quarantined), len(listing.ignored_files),
@@ -344,6 +350,7 @@ def run(config: PreprocessConfig, overwrite: bool = False) -> PreprocessResult:
         shards=shards,
         quarantined=quarantined,
         notes=[f"ignored file: {path}" for path in listing.ignored_files[:100]],
+        source_fingerprint=listing.source_fingerprint,
     )
     manifest_location = output.join(schema.MANIFEST_NAME)
     storage.write_bytes(manifest_location, manifest.to_json().encode())  # last: marks the output complete

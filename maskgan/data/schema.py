@@ -130,6 +130,7 @@ class Manifest:
     shards: list[ShardInfo]
     quarantined: list[QuarantineEntry] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    source_fingerprint: str = ""  # listing.Listing.source_fingerprint of the source it was made from
 
     def shards_of(self, split: str) -> list[ShardInfo]:
         return [shard for shard in self.shards if shard.split == split]

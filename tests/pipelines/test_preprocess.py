@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from PIL import Image
 from preprocess_helpers import tiny_config, write_raw
 
 from maskgan.data import defects, loader, schema, synthetic
@@ -163,6 +164,14 @@ def test_rerun_skips_refuses_or_overwrites(tmp_path, ray_session):
     changed = dataclasses.replace(config, jpeg_quality=80)
     with pytest.raises(PreprocessError, match=r"different config \(jpeg_quality: 95 -> 80\).*--overwrite"):
         run(changed)
+    assert parquet_files(tmp_path / "out") == before
+
+    edited = tmp_path / "raw" / synthetic.IMAGE_DIR / "2.jpg"
+    with Image.open(edited) as image:
+        image.load()
+    image.save(edited, quality=40)  # a re-encoded image: same name, new size
+    with pytest.raises(PreprocessError, match=r"source .* changed since .*--overwrite"):
+        run(config)  # same config, different source: not up to date any more
     assert parquet_files(tmp_path / "out") == before
 
     replaced = run(changed, overwrite=True)
