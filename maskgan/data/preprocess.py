@@ -29,6 +29,7 @@ from maskgan.data import celebamask as raw
 from maskgan.data import schema
 from maskgan.data.celebamask import BadSample, DecodeConfig
 from maskgan.data.listing import OFFICIAL_FRACTIONS, Listing, SourceError, scan_source
+from maskgan.data.preview import PREVIEW_NAME, write_preview
 from maskgan.storage import Location, StorageConfig
 
 log = logging.getLogger(__name__)
@@ -119,7 +120,8 @@ class PreprocessResult:
             f"preprocess {state}: {counts['written']} rows written "
             f"(train {counts['train']}, val {counts['val']}, test {counts['test']}), "
             f"{counts['quarantined']} quarantined of {counts['input']}\n"
-            f"  parquet:  {self.output_uri}/{{train,val,test}}/\n  manifest: {self.manifest_uri}"
+            f"  parquet:  {self.output_uri}/{{train,val,test}}/\n  manifest: {self.manifest_uri}\n"
+            f"  preview:  {self.output_uri}/{PREVIEW_NAME}"
         )
 
 
@@ -218,7 +220,7 @@ def _config_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
 
 def _remove_outputs(output: Location) -> None:
     """Delete everything a run writes (manifest first, so the output reads as incomplete at once)."""
-    for name in (schema.MANIFEST_NAME, schema.QUARANTINE_NAME):
+    for name in (schema.MANIFEST_NAME, schema.QUARANTINE_NAME, PREVIEW_NAME):
         location = output.join(name)
         if storage.exists(location):
             location.fs.delete_file(location.path)
@@ -316,6 +318,8 @@ def run(config: PreprocessConfig, overwrite: bool = False) -> PreprocessResult:
         )
     _check_no_stale_files(output, shards)
     _write_quarantine(output, quarantined)
+    if shards:  # a picture for people; not part of the contract, so written before the manifest
+        write_preview(output, shards[0], config.image_encoding, config.decode.resolution)
 
     bad_fraction = len(quarantined) / max(1, listing.num_input)
     if bad_fraction > config.max_bad_fraction:

@@ -69,6 +69,10 @@ def test_run_writes_shards_manifest_and_reconciles(tmp_path, ray_session):
     assert len(row["pose"]) == 3
     assert manifest.attribute_names[0] == "5_o_Clock_Shadow"
     assert (tmp_path / "out" / schema.QUARANTINE_NAME).read_text() == ""
+    # A preview grid for people: [image | colour label] cells of the first shard's rows.
+    with Image.open(tmp_path / "out" / "preview.png") as preview:
+        first = min(manifest.shards[0].num_rows, 8)
+        assert preview.width == min(first, 4) * 2 * 32 and preview.height == -(-first // 4) * 32
     on_disk = json.loads((tmp_path / "out" / schema.MANIFEST_NAME).read_text())
     assert on_disk["config"]["decode"]["resolution"] == 32 and on_disk["source_uri"] == str(tmp_path / "raw")
 
