@@ -56,7 +56,7 @@ def _coerce(annotation: Any, value: Any, where: str) -> Any:
                 return _coerce(option, value, where)
             except (TypeError, ValueError) as error:
                 errors.append(str(error))
-        raise ValueError(f"{where}: {value!r} fits none of {annotation}")
+        raise ValueError(f"{where}: {value!r} fits none of {annotation} ({'; '.join(errors)})")
     if dataclasses.is_dataclass(annotation):
         if isinstance(value, annotation):
             return value
@@ -151,6 +151,18 @@ def load(
     if not isinstance(config, cls):
         raise TypeError(f"expected {cls.__name__}, built {type(config).__name__}")
     return config
+
+
+def differences(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """Nested dicts (as to_dict makes them) -> ['a.b: old -> new', ...] for every field that differs."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        before, after = old.get(key), new.get(key)
+        if isinstance(before, Mapping) and isinstance(after, Mapping):
+            out += differences(before, after, f"{prefix}{key}.")
+        elif before != after:
+            out.append(f"{prefix}{key}: {before!r} -> {after!r}")
+    return out
 
 
 def to_yaml(config: Any) -> str:

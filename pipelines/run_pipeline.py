@@ -88,9 +88,10 @@ def cli(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         config = PipelineConfig(workdir=args.workdir, num_images=args.num_images, resolution=args.resolution)
-        main(config)
     except ValueError as error:
         parser.error(str(error))
+    try:
+        main(config)
     except (PreprocessError, StorageError) as error:
         print(f"pipeline failed: {error}", file=sys.stderr)
         return 1

@@ -207,17 +207,6 @@ def _existing_manifest(output: Location) -> schema.Manifest | None:
         ) from None
 
 
-def _config_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
-    out = []
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += _config_differences(a, b, f"{prefix}{key}.")
-        elif a != b:
-            out.append(f"{prefix}{key}: {a!r} -> {b!r}")
-    return out
-
-
 def _remove_outputs(output: Location) -> None:
     """Delete everything a run writes (manifest first, so the output reads as incomplete at once)."""
     for name in (schema.MANIFEST_NAME, schema.QUARANTINE_NAME, PREVIEW_NAME):
@@ -259,7 +248,7 @@ def run(config: PreprocessConfig, overwrite: bool = False) -> PreprocessResult:
     existing = _existing_manifest(output)
     if existing is not None and not overwrite:
         if existing.config_fingerprint != fingerprint or existing.source_uri != config.source_uri:
-            changes = _config_differences(
+            changes = config_lib.differences(
                 {**existing.config, "source_uri": existing.source_uri},
                 {**resolved, "source_uri": config.source_uri},
             )

@@ -54,3 +54,12 @@ def test_fingerprint_ignores_excluded_fields():
         b, exclude=["batch_size"]
     )
     assert config_lib.fingerprint(a) != config_lib.fingerprint(c)
+
+
+def test_differences_name_nested_fields():
+    old = config_lib.to_dict(preprocess_tiny())
+    new = config_lib.to_dict(dataclasses.replace(preprocess_tiny(), jpeg_quality=80))
+    assert config_lib.differences(old, new) == ["jpeg_quality: 95 -> 80"]
+    assert config_lib.differences({"decode": {"resolution": 32}}, {"decode": {"resolution": 64}}) == [
+        "decode.resolution: 32 -> 64"
+    ]
