@@ -60,7 +60,9 @@ def merge_parts(parts: Mapping[str, np.ndarray], size: tuple[int, int] | None = 
             raise ValueError(f"part {part!r} has shape {mask.shape}, expected {tuple(size)}")
         # Painting in increasing class order with overwrite == keeping the largest class id present,
         # and np.maximum is ~10x faster than boolean-index assignment on 512 x 512 masks.
-        present = mask if mask.dtype == bool else mask != 0
+        # `!= 0` even for bools: numpy arrays of Pillow 1-bit images are bools stored as 0 / 255
+        # bytes, which the uint8 view below would turn into class id * 255.
+        present = mask != 0
         np.maximum(label, present.view(np.uint8) * np.uint8(CLASS_INDEX[part]), out=label)
     return label
 

@@ -150,6 +150,11 @@ def _open_image(data: bytes, what: str, max_pixels: int) -> Image.Image:
         raise BadSample(f"{what} is not an image (unrecognised format)") from None
     except (OSError, SyntaxError, ValueError) as error:  # a header cut short or malformed
         raise BadSample(f"{what} is truncated or corrupt ({error})") from None
+    if image.format == "BMP" and image.mode == "1" and data[28:30] != b"\x01\x00":
+        # Pillow (13.0) takes an 8-bit BMP with a black / white palette for 1-bit data: wrong pixels.
+        raise BadSample(
+            f"{what} is an 8-bit BMP with a 2-colour palette, which Pillow misreads; save it as PNG"
+        )
     width, height = image.size
     if width * height > max_pixels:
         raise BadSample(
@@ -159,8 +164,59 @@ def _open_image(data: bytes, what: str, max_pixels: int) -> Image.Image:
     return image
 
 
+# How each Pillow pixel mode becomes pixels. The release reads images with PIL's .convert("RGB") and
+# masks with OpenCV's 3-channel imread, thresholding channel 0 != 0 (REFERENCE.md §1); these rules
+# follow that, and every mode Pillow can write is pinned by tests/unit/test_decode_modes.py.
+#
+# Images -> (R, R, 3) uint8 RGB:
+#   RGB as stored; 1 / L / LA greyscale replicated to three channels (1-bit: 0 / 255); P / PA through
+#   the palette; alpha and palette transparency dropped, not composited (as .convert("RGB") does);
+#   CMYK, YCbCr, LAB, HSV by Pillow's conversion to RGB; 16-bit greyscale (I;16, I;16B, ..., 16-bit PNG)
+#   scaled to 8 bits as round(v / 257), so 65535 -> 255 and 257 k -> k exactly. 32-bit integer (I) and
+#   float (F) pixels have no defined 8-bit range: quarantined, as is any mode Pillow cannot convert.
+#   EXIF orientation is NOT applied: the stored pixels are used, as the release's PIL / OpenCV reads
+#   of CelebA-HQ did, because the part masks (PNGs, no orientation) are drawn on the stored pixels;
+#   rotating the image alone would misalign it with its masks.
+#   The file's content decides the format, not its name (PNG bytes under a .jpg name decode as PNG).
+# Masks -> (S, S) bool, True where the part is:
+#   the one channel the release thresholds is taken first: L, I;16*, I, F as stored; 1-bit as 0 / 255;
+#   LA its L channel; every other mode converted to RGBA by Pillow (P / PA through the palette, so a
+#   palette whose index 0 is white marks the part where the index is 0, as OpenCV would read it;
+#   palette transparency becomes alpha; CMYK, YCbCr, LAB converted), whose three colour channels must
+#   be equal (a coloured mask is ambiguous: OpenCV's channel 0 is blue) and whose channel 0 is used.
+#   That channel must be binary: 0 and at most one other value, 1 (0/1 masks from some tools), 255
+#   (8-bit, as released) or 65535 (16-bit full scale); anything else (a gradient, an anti-aliased or
+#   JPEG-blurred edge, 0/128, NaN) is quarantined. Alpha is ignored like the release does, except that
+#   a mask whose transparency disagrees with its colour (a white square whose alpha draws the part)
+#   is quarantined: the release would read it as all part.
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+MASK_ON_VALUES = (1, 255, 65535)
+
+
+def _rgb_pixels(image: Image.Image) -> np.ndarray:
+    """A decoded image in any mode -> (H, W, 3) uint8 RGB by the rules above."""
+    if image.mode == "RGB":
+        return np.asarray(image)
+    if image.mode in SIXTEEN_BIT_MODES:
+        grey = np.asarray(image).astype(np.uint32)
+        grey = ((grey * 255 + 32767) // 65535).astype(np.uint8)  # round(v / 257)
+        return np.repeat(grey[..., None], 3, axis=2)
+    if image.mode in ("I", "F"):
+        kind = "32-bit integer" if image.mode == "I" else "floating-point"
+        raise BadSample(
+            f"image has {kind} pixels (mode {image.mode}), which have no defined 8-bit range; "
+            "save it as 8-bit RGB or greyscale (or 16-bit greyscale PNG)"
+        )
+    try:
+        return np.asarray(image.convert("RGB"))
+    except ValueError as error:  # a mode Pillow cannot convert (e.g. La, RGBa)
+        raise BadSample(
+            f"image has pixel mode {image.mode}, which cannot be converted to RGB ({error})"
+        ) from None
+
+
 def decode_image(data: bytes, config: DecodeConfig) -> np.ndarray:
-    """Image bytes -> (R, R, 3) uint8 RGB at the output resolution; BadSample on anything wrong."""
+    """Image bytes, any format or mode -> (R, R, 3) uint8 RGB at the output resolution; else BadSample."""
     image = _open_image(data, "image", config.max_image_pixels)
     width, height = image.size
     if width != height:
@@ -174,17 +230,46 @@ def decode_image(data: bytes, config: DecodeConfig) -> np.ndarray:
         if config.fast_jpeg_decode and image.format == "JPEG":
             image.draft("RGB", (config.resolution, config.resolution))
         image.load()  # decodes the pixels: truncated data fails here
-        if image.mode != "RGB":
-            image = image.convert("RGB")
     except (OSError, SyntaxError, ValueError) as error:
         raise BadSample(f"image is truncated or corrupt ({error})") from None
-    if image.size != (config.resolution, config.resolution):
-        image = image.resize((config.resolution, config.resolution), Image.Resampling.BICUBIC)
-    return np.asarray(image)
+    pixels = _rgb_pixels(image)
+    if pixels.shape[:2] != (config.resolution, config.resolution):
+        pixels = np.asarray(
+            Image.fromarray(pixels).resize((config.resolution, config.resolution), Image.Resampling.BICUBIC)
+        )
+    return pixels
+
+
+def _mask_channel(image: Image.Image, name: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """A decoded mask -> ((S, S) the channel the release thresholds, (S, S) alpha or None)."""
+    if image.mode in ("L", "I", "F", *SIXTEEN_BIT_MODES):
+        return np.asarray(image), None
+    if image.mode == "1":
+        # Not np.asarray(image): Pillow hands 1-bit pixels over as bools stored as 0 / 255 bytes,
+        # which numpy arithmetic then multiplies by 255 (the cause of an old OverflowError).
+        return np.asarray(image.convert("L")), None
+    if image.mode == "LA":
+        array = np.asarray(image)
+        return array[..., 0], array[..., 1]
+    try:
+        array = np.asarray(image.convert("RGBA"))  # palette applied, its transparency -> alpha
+    except ValueError as error:
+        raise BadSample(
+            f"mask {name} has pixel mode {image.mode}, which cannot be converted to RGB ({error})"
+        ) from None
+    colour = array[..., :3]
+    if not (
+        np.array_equal(colour[..., 0], colour[..., 1]) and np.array_equal(colour[..., 0], colour[..., 2])
+    ):
+        raise BadSample(
+            f"mask {name} has colour (its channels differ, mode {image.mode}); expected a single-channel "
+            "0/255 mask"
+        )
+    return colour[..., 0], array[..., 3]
 
 
 def decode_mask(data: bytes, name: str, config: DecodeConfig) -> np.ndarray:
-    """Part-mask bytes -> (S, S) bool; accepts greyscale, 1-bit and RGB(A) masks whose channels agree."""
+    """Part-mask bytes in any format / mode -> (S, S) bool by the rules above; BadSample if not binary."""
     image = _open_image(data, f"mask {name}", config.max_image_pixels)
     if image.size != (config.mask_size, config.mask_size):
         raise BadSample(
@@ -192,34 +277,43 @@ def decode_mask(data: bytes, name: str, config: DecodeConfig) -> np.ndarray:
             "(decode.mask_size)"
         )
     try:
-        if image.mode == "P":
-            image = image.convert("RGB")
-        array = np.asarray(image)
+        image.load()
     except (OSError, SyntaxError, ValueError) as error:
         raise BadSample(f"mask {name} is truncated or corrupt ({error})") from None
-    if image.mode == "1":
-        return array.astype(bool)
-    if image.mode not in ("L", "LA", "RGB", "RGBA"):
-        raise BadSample(f"mask {name} has pixel mode {image.mode}; expected an 8-bit 0/255 mask")
-    if array.ndim == 3:
-        colour = array[..., :3] if image.mode.startswith("RGB") else array[..., :1]
-        if colour.shape[2] == 3 and not (
-            np.array_equal(colour[..., 0], colour[..., 1]) and np.array_equal(colour[..., 0], colour[..., 2])
-        ):
-            raise BadSample(
-                f"mask {name} has colour (its channels differ); expected a single-channel 0/255 mask"
+    values, alpha = _mask_channel(image, name)
+    on = values != 0
+    count = np.count_nonzero(on)
+    # Counting beats np.unique ~30x on 512 x 512 masks; unique only runs to word the rejection.
+    if count:
+        high = values.max()
+        if high not in MASK_ON_VALUES or np.count_nonzero(values == high) != count:
+            distinct = np.unique(values)
+            shown = ", ".join(str(v) for v in distinct[:6].tolist())
+            lossy = (
+                " (the file is a JPEG: lossy compression blurs the edges; masks must be lossless, e.g. PNG)"
+                if image.format == "JPEG"
+                else ""
             )
-        array = colour[..., 0]
-    # A binary mask holds 0 and one other value (255 as released, 1 from some tools); anything else
-    # (a gradient, an anti-aliased edge, a photo) is garbage. Counting beats np.unique ~30x here.
-    high = int(array.max())
-    if high not in (0, 1, 255) or np.count_nonzero(array) != np.count_nonzero(array == high):
-        values = np.unique(array)
-        shown = ", ".join(str(v) for v in values[:6].tolist())
+            raise BadSample(
+                f"mask {name} holds {len(distinct)} distinct values ({shown}...); expected a binary 0/255 "
+                f"mask (0 and one of {', '.join(map(str, MASK_ON_VALUES))}){lossy}"
+            )
+    if alpha is not None and int(alpha.min()) < 255 and not np.array_equal(alpha != 0, on):
         raise BadSample(
-            f"mask {name} holds {len(values)} distinct values ({shown}...); expected a binary 0/255 mask"
+            f"mask {name} has transparency that does not match its colour (mode {image.mode}); the release "
+            "ignores alpha and reads the colour, so save the part as white on opaque black"
         )
-    return array != 0
+    return on
+
+
+def merge_masks(parts: Mapping[str, np.ndarray], config: DecodeConfig) -> np.ndarray:
+    """Decoded (S, S) bool part masks -> (R, R) uint8 class map: merged in class order, then resized."""
+    label = labels.merge_parts(parts, size=(config.mask_size, config.mask_size))
+    if config.mask_size != config.resolution:
+        label = np.asarray(
+            Image.fromarray(label).resize((config.resolution, config.resolution), Image.Resampling.NEAREST)
+        )
+    return label
 
 
 def decode_label(mask_bytes: Mapping[str, bytes], config: DecodeConfig, sample_id: int = 0) -> np.ndarray:
@@ -229,12 +323,7 @@ def decode_label(mask_bytes: Mapping[str, bytes], config: DecodeConfig, sample_i
     parts = {
         part: decode_mask(data, mask_file_name(sample_id, part), config) for part, data in mask_bytes.items()
     }
-    label = labels.merge_parts(parts, size=(config.mask_size, config.mask_size))
-    if config.mask_size != config.resolution:
-        label = np.asarray(
-            Image.fromarray(label).resize((config.resolution, config.resolution), Image.Resampling.NEAREST)
-        )
-    return label
+    return merge_masks(parts, config)
 
 
 def present_classes(label: np.ndarray) -> int:

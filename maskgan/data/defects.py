@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import posixpath
+import struct
 from collections.abc import Mapping
 
 import numpy as np
@@ -28,6 +29,22 @@ DEFECT_KINDS: Mapping[str, str] = {
     "orphan_masks": "the id's image deleted, its masks kept (masks whose image does not exist)",
     "unknown_part": "an extra valid-looking mask named {id:05d}_tail.png, an unknown part",
     "huge_image": f"image replaced by a flat greyscale {HUGE_IMAGE_SIDE}x{HUGE_IMAGE_SIDE} JPEG",
+    # Pixel modes and formats other tools write (celebamask.py's mode rules): valid ones must land
+    # with the same pixels / label as the untouched id, invalid ones must be quarantined.
+    "one_bit_mask": "one part mask rewritten as a 1-bit PNG: VALID (0 / 1 bits read as 0 / 255)",
+    "palette_mask": (
+        "one part mask rewritten as a palette PNG whose index 0 is white: VALID, read through the palette"
+    ),
+    "sixteen_bit_mask": "one part mask rewritten as a 16-bit greyscale PNG, 0 / 65535: VALID",
+    "png_image_as_jpg": "the image rewritten as PNG bytes, still named .jpg: VALID, the content decides",
+    "exif_rotated_image": (
+        "the image rewritten as a JPEG tagged EXIF orientation 6 (rotate 90): VALID, the tag is ignored"
+    ),
+    "jpeg_mask": "one part mask rewritten as JPEG bytes, still named .png: lossy, not binary",
+    "undecodable_mask": (
+        "one part mask replaced by a DDS texture in a pixel format Pillow does not implement: Pillow "
+        "raises NotImplementedError, an exception no decode rule anticipates"
+    ),
 }
 
 
@@ -48,6 +65,19 @@ def _pick_mask(root: storage.Location, image_id: int) -> tuple[storage.Location,
         return target, np.asarray(mask.convert("L"))
 
 
+def _png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def unsupported_dds(width: int, height: int) -> bytes:
+    """A DDS header whose pixel format (FourCC 'XYZW') no decoder implements."""
+    pixel_format = struct.pack("<8I", 32, 0x4, int.from_bytes(b"XYZW", "little"), 0, 0, 0, 0, 0)
+    header = struct.pack("<6I11I", 0x1007, height, width, 0, 0, 1, *[0] * 11) + pixel_format
+    return b"DDS " + struct.pack("<I", 124) + header + struct.pack("<5I", 0x1000, 0, 0, 0, 0)
+
+
 def inject_defect(
     uri: str, image_id: int, kind: str, storage_config: storage.StorageConfig | None = None
 ) -> tuple[str, ...]:
@@ -56,8 +86,20 @@ def inject_defect(
         raise ValueError(f"unknown defect kind {kind!r}; expected one of {', '.join(DEFECT_KINDS)}")
     root = storage.resolve(uri, storage_config)
     image = root.join(IMAGE_DIR, f"{image_id}.jpg")
-    if kind in ("truncated_jpeg", "zero_byte_image", "not_an_image", "huge_image"):
-        if kind == "truncated_jpeg":
+    if kind in ("truncated_jpeg", "zero_byte_image", "not_an_image", "huge_image", "png_image_as_jpg",
+                "exif_rotated_image"):  # fmt: skip
+        if kind in ("png_image_as_jpg", "exif_rotated_image"):
+            with Image.open(io.BytesIO(storage.read_bytes(image))) as original:
+                pixels = original.convert("RGB")
+            if kind == "png_image_as_jpg":
+                data = _png(pixels)
+            else:
+                exif = Image.Exif()
+                exif[0x0112] = 6  # Orientation: rotate 90 clockwise to display
+                buffer = io.BytesIO()
+                pixels.save(buffer, format="JPEG", quality=95, exif=exif)
+                data = buffer.getvalue()
+        elif kind == "truncated_jpeg":
             data = storage.read_bytes(image)
             data = data[: len(data) // 2]
         elif kind == "huge_image":
@@ -82,6 +124,18 @@ def inject_defect(
         data = png_bytes(np.tile(np.linspace(0, 255, width).astype(np.uint8), (height, 1)))
     elif kind == "rgb_mask":
         data = png_bytes(np.repeat(mask[..., None], 3, axis=2))
+    elif kind == "one_bit_mask":
+        data = _png(Image.fromarray(mask).convert("1"))
+    elif kind == "palette_mask":
+        palette = Image.fromarray((mask == 0).astype(np.uint8), mode="P")  # index 1 where the part is not
+        palette.putpalette([255, 255, 255, 0, 0, 0])  # index 0 -> white: the part
+        data = _png(palette)
+    elif kind == "sixteen_bit_mask":
+        data = png_bytes((mask > 0).astype(np.uint16) * 65535)
+    elif kind == "jpeg_mask":
+        data = jpeg_bytes(Image.fromarray(mask), 75)
+    elif kind == "undecodable_mask":
+        data = unsupported_dds(width, height)
     else:  # unknown_part
         target = root.join(MASK_DIR, str(image_id // IDS_PER_MASK_FOLDER), f"{image_id:05d}_tail.png")
         data = png_bytes(mask)

@@ -133,13 +133,17 @@ def _filesystem(uri: str, storage_config: StorageConfig):
     return storage.resolve(uri, storage_config).fs
 
 
-def _read_all(fs, paths: list[str], threads: int) -> list[bytes | None]:
-    def read(path: str) -> bytes | None:
+def _read_all(fs, paths: list[str], threads: int) -> list[bytes | None | OSError]:
+    """File contents in order: None for a file that disappeared, the OSError for one that cannot be read."""
+
+    def read(path: str) -> bytes | None | OSError:
         try:
             with fs.open_input_stream(path) as stream:
                 return stream.read()
         except FileNotFoundError:
             return None
+        except OSError as error:  # permissions, a folder, a storage error: this sample's problem only
+            return error
 
     if threads <= 1 or len(paths) <= 1:
         return [read(p) for p in paths]
@@ -147,35 +151,78 @@ def _read_all(fs, paths: list[str], threads: int) -> list[bytes | None]:
         return list(pool.map(read, paths))
 
 
-def process_sample(row: dict, files: dict[str, bytes | None], config: PreprocessConfig) -> dict:
-    """One listed sample + its file bytes -> an output row (error set when it must be quarantined)."""
+def _describe_error(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"
+
+
+def process_sample(row: dict, files: dict[str, bytes | None | OSError], config: PreprocessConfig) -> dict:
+    """One listed sample + its file bytes -> an output row (error set when it must be quarantined).
+
+    Never raises for a bad sample: a BadSample's message is the reason, and any other exception
+    (a decoder's NotImplementedError, a MemoryError, a bug) becomes a reason naming the file being
+    decoded and the exception, so one odd file cannot end the job.
+    """
     out = {
         "id": row["id"], "split": row["split"], "image": b"", "label": b"",
         "resolution": config.decode.resolution, "classes": 0, "orig_idx": row["orig_idx"],
         "attributes": row["attributes"], "pose": row["pose"], "error": None,
         "files": [row["image_path"], *row["mask_paths"]],
     }  # fmt: skip
+    current = None  # the file being decoded, for the reason of an unexpected exception
     try:
+        unreadable = [
+            f"{path} ({_describe_error(data)})" for path, data in files.items() if isinstance(data, OSError)
+        ]
+        if unreadable:
+            raise BadSample(f"cannot read {', '.join(unreadable)}")
         missing = [path for path, data in files.items() if data is None]
         if missing:
             raise BadSample(f"file disappeared while reading: {', '.join(missing)}")
-        image = raw.decode_image(files[row["image_path"]], config.decode)
-        mask_bytes = {
-            part: files[path] for part, path in zip(row["mask_parts"], row["mask_paths"], strict=True)
-        }
-        label = raw.decode_label(mask_bytes, config.decode, row["id"])
+        current = row["image_path"]
+        image = raw.decode_image(files[current], config.decode)
+        parts = {}
+        for part, path in zip(row["mask_parts"], row["mask_paths"], strict=True):
+            current = path
+            parts[part] = raw.decode_mask(files[path], raw.mask_file_name(row["id"], part), config.decode)
+        current = None
+        label = raw.merge_masks(parts, config.decode)
+        encoded = (
+            schema.encode_image(image, config.image_encoding, config.jpeg_quality),
+            schema.encode_label(label),
+        )
+        classes = raw.present_classes(label)
     except BadSample as error:
         out["error"] = str(error)
         return out
-    out["image"] = schema.encode_image(image, config.image_encoding, config.jpeg_quality)
-    out["label"] = schema.encode_label(label)
-    out["classes"] = raw.present_classes(label)
+    except Exception as error:  # any other failure: quarantined with its reason, the job goes on
+        where = f"decoding {current}" if current else "merging, encoding or checking it"
+        out["error"] = f"unexpected error while {where}: {_describe_error(error)}"
+        return out
+    out["image"], out["label"] = encoded
+    out["classes"] = classes
     return out
 
 
 OUTPUT_SCHEMA = schema.SCHEMA.append(pa.field("error", pa.string())).append(
     pa.field("files", pa.list_(pa.string()))
 )
+
+
+def _storable(row: dict) -> dict:
+    """A row that does not fit OUTPUT_SCHEMA (e.g. an attribute 300 in a list<int8>) -> a quarantined row."""
+    try:
+        pa.Table.from_pylist([row], schema=OUTPUT_SCHEMA)
+        return row
+    except Exception as error:  # any other failure: quarantined with its reason, the job goes on
+        reason = (
+            "unexpected error while storing its row (attributes, pose or ids out of range?): "
+            + _describe_error(error)
+        )
+        # Only the fields the quarantine record needs; the others are what did not fit.
+        return {
+            **row, "image": b"", "label": b"", "classes": 0, "orig_idx": None, "attributes": None,
+            "pose": None, "error": row["error"] or reason,
+        }  # fmt: skip
 
 
 def process_batch(batch: pa.Table, config: PreprocessConfig) -> pa.Table:
@@ -188,7 +235,10 @@ def process_batch(batch: pa.Table, config: PreprocessConfig) -> pa.Table:
     for row in rows:
         files = {path: contents[path] for path in [row["image_path"], *row["mask_paths"]]}
         out.append(process_sample(row, files, config))
-    return pa.Table.from_pylist(out, schema=OUTPUT_SCHEMA)
+    try:
+        return pa.Table.from_pylist(out, schema=OUTPUT_SCHEMA)
+    except Exception:  # find the rows that do not fit, one by one (rare: costs a second pass)
+        return pa.Table.from_pylist([_storable(row) for row in out], schema=OUTPUT_SCHEMA)
 
 
 # ---------------------------------------------------------------- the run (driver)
