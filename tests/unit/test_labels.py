@@ -21,6 +21,43 @@ def test_class_order_is_the_released_one():
     assert labels.COLORS.shape == (19, 3)
 
 
+# REFERENCE.md §1, copied literally (idx | part | colour used by the released demo), both halves.
+RELEASED_TABLE = """
+| 0 | background | (0,0,0) | 10 | mouth | (102,204,0) |
+| 1 | skin | (204,0,0) | 11 | u_lip | (255,255,0) |
+| 2 | nose | (76,153,0) | 12 | l_lip | (0,0,153) |
+| 3 | eye_g | (204,204,0) | 13 | hair | (0,0,204) |
+| 4 | l_eye | (51,51,255) | 14 | hat | (255,51,153) |
+| 5 | r_eye | (204,0,204) | 15 | ear_r (earring) | (0,204,204) |
+| 6 | l_brow | (0,255,255) | 16 | neck_l (necklace) | (0,51,0) |
+| 7 | r_brow | (51,255,255) | 17 | neck | (255,153,51) |
+| 8 | l_ear | (102,51,0) | 18 | cloth | (0,204,0) |
+| 9 | r_ear | (255,0,0) | | | |
+"""
+
+
+def released_rows() -> dict[int, tuple[str, tuple[int, int, int]]]:
+    rows = {}
+    for line in RELEASED_TABLE.strip().splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        for index, part, colour in (cells[0:3], cells[3:6]):
+            if index:
+                rows[int(index)] = (part.split()[0], tuple(int(v) for v in colour.strip("()").split(",")))
+    return rows
+
+
+def test_every_class_name_and_colour_is_the_released_one():
+    rows = released_rows()
+    assert sorted(rows) == list(range(19))
+    for index, (part, colour) in rows.items():
+        assert labels.CLASS_NAMES[index] == part, index
+        assert tuple(int(v) for v in labels.COLORS[index]) == colour, (index, part)
+    assert labels.COLORS.shape == (19, 3) and labels.COLORS.dtype == np.uint8
+    # What the preview and colour masks use: class i is painted in the released colour i.
+    expected = np.array([[rows[index][1] for index in range(19)]], np.uint8)  # (1, 19, 3)
+    np.testing.assert_array_equal(labels.label_to_color(np.arange(19, dtype=np.uint8)[None]), expected)
+
+
 @pytest.mark.parametrize(
     ("under", "over"),
     [
