@@ -14,7 +14,10 @@ size / speed of each image encoding (why the schema stores JPEG).
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import hashlib
 import io
+import json
 import os
 import shutil
 import subprocess
@@ -80,16 +83,34 @@ class PeakMemory:
         self._thread.join()
 
 
-def ensure_raw(workdir: Path, num_images: int, image_size: int, mask_size: int) -> str:
+REPO = Path(__file__).resolve().parents[1]
+CONFIG_MARKER = "synthetic-config.json"  # written last: its presence marks a complete cached dataset
+_GENERATE = (
+    "import json, sys\n"
+    "from maskgan.data import synthetic\n"
+    "config = synthetic.SyntheticConfig(**json.loads(sys.argv[1]))\n"
+    "synthetic.write_dataset(config, sys.argv[2], progress=False)\n"
+)
+
+
+def raw_cache_dir(workdir: Path, config: synthetic.SyntheticConfig) -> Path:
+    """Where a synthetic dataset is cached: named by a hash of EVERY field of its config."""
+    fields = json.dumps(dataclasses.asdict(config), sort_keys=True)
+    key = hashlib.sha256(fields.encode()).hexdigest()[:12]
+    return workdir / f"raw-{config.num_images}-{config.image_size}-{key}"
+
+
+def ensure_raw(workdir: Path, config: synthetic.SyntheticConfig) -> str:
     """Generate (once, cached) in a child process, so this process's memory stays a clean baseline."""
-    root = workdir / f"raw-{num_images}-{image_size}"
-    if not (root / synthetic.MAPPING_FILE).exists():
-        print(f"generating {num_images} synthetic samples at {image_size}/{mask_size} px in {root} ...")
-        script = Path(__file__).resolve().parents[1] / "pipelines" / "make_synthetic.py"
-        sizes = ["--image-size", str(image_size), "--mask-size", str(mask_size)]
-        command = [sys.executable, str(script), str(root), "--num-images", str(num_images), *sizes]
-        command.append("--no-progress")
-        subprocess.run(command, check=True)
+    root = raw_cache_dir(workdir, config)
+    fields = json.dumps(dataclasses.asdict(config), sort_keys=True)
+    marker = root / CONFIG_MARKER
+    if not marker.exists() or marker.read_text() != fields:
+        print(f"generating {config.num_images} synthetic samples ({config}) in {root} ...")
+        shutil.rmtree(root, ignore_errors=True)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+        subprocess.run([sys.executable, "-c", _GENERATE, fields, str(root)], check=True, env=env)
+        marker.write_text(fields)
     return str(root)
 
 
@@ -155,27 +176,38 @@ def encoding_table(
     return out
 
 
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    parser.add_argument("--num-images", type=int, default=384, help="samples in the smaller dataset")
+    parser.add_argument("--image-size", type=int, default=1024, help="synthetic JPEG side in pixels")
+    parser.add_argument("--mask-size", type=int, default=512, help="synthetic mask PNG side in pixels")
+    parser.add_argument("--seed", type=int, default=0, help="synthetic data seed")
+    parser.add_argument("--resolution", type=int, default=512, help="output resolution of the job")
+    parser.add_argument(
+        "--workdir", default="runs/bench", help="synthetic data is cached here, keyed by its whole config"
+    )
+    parser.add_argument("--encoding", default="jpeg", choices=["jpeg", "png", "raw"], help="image encoding")
+    parser.add_argument("--repeats", type=int, default=2, help="warm job / loop passes, best taken")
+    return parser
+
+
+def synthetic_config(args: argparse.Namespace, num_images: int) -> synthetic.SyntheticConfig:
+    return synthetic.SyntheticConfig(
+        num_images=num_images, image_size=args.image_size, mask_size=args.mask_size, seed=args.seed
+    )
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--num-images", type=int, default=384, help="samples in the smaller dataset (default 384)"
-    )
-    parser.add_argument("--image-size", type=int, default=1024)
-    parser.add_argument("--mask-size", type=int, default=512)
-    parser.add_argument("--resolution", type=int, default=512)
-    parser.add_argument("--workdir", default="runs/bench", help="synthetic data is cached here")
-    parser.add_argument("--encoding", default="jpeg", choices=["jpeg", "png", "raw"])
-    parser.add_argument(
-        "--repeats", type=int, default=2, help="warm job / loop passes, best taken (default 2)"
-    )
-    args = parser.parse_args()
+    args = build_parser().parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray
 
     workdir = Path(args.workdir)
     cores = os.cpu_count() or 1
-    small = ensure_raw(workdir, args.num_images, args.image_size, args.mask_size)
-    large = ensure_raw(workdir, 2 * args.num_images, args.image_size, args.mask_size)
+    small = ensure_raw(workdir, synthetic_config(args, args.num_images))
+    large = ensure_raw(workdir, synthetic_config(args, 2 * args.num_images))
 
     def config_for(source: str, name: str) -> PreprocessConfig:
         return PreprocessConfig(

@@ -3,7 +3,9 @@ unexpected exception while processing a sample becomes a quarantine record namin
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 from pathlib import Path
 
 import numpy as np
@@ -110,3 +112,19 @@ def test_odd_files_land_right_or_are_quarantined_and_the_job_finishes(tmp_path, 
     rotated = np.rot90(reference[kinds["exif_rotated_image"]], k=-1)
     image = schema.decode_image(written[kinds["exif_rotated_image"]]["image"], "png", 32).astype(int)
     assert np.abs(image - rotated).mean() > 10
+
+
+def test_readme_training_snippet_runs_on_a_preprocessed_output(tmp_path, ray_session):
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    snippet = readme.split("**Reading it for training**")[1].split("```python\n")[1].split("```")[0]
+    assert 'iter_batches("data/celebamask-parquet", "train", batch_size=8, shuffle=True, seed=0)' in snippet
+    assert len(snippet.strip().splitlines()) <= 5
+    write_raw(str(tmp_path / "raw"), num_images=12)
+    run(tiny_config(str(tmp_path / "raw"), str(tmp_path / "out")))
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        exec(snippet.replace("data/celebamask-parquet", str(tmp_path / "out")), {})
+    shapes = printed.getvalue().splitlines()
+    assert shapes and shapes[0] == (
+        "torch.Size([8, 3, 32, 32]) torch.Size([8, 32, 32]) torch.Size([8, 19, 32, 32])"
+    ), shapes
