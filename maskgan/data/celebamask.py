@@ -137,6 +137,12 @@ def parse_pose(text: str) -> dict[int, tuple[float, float, float]]:
     return pose
 
 
+def _bmp_bits_per_pixel(data: bytes) -> int:
+    """Bits per pixel from a BMP header (after the 14-byte file header: a 12-byte OS/2 or a 40+ byte one)."""
+    offset = 24 if int.from_bytes(data[14:18], "little") == 12 else 28
+    return int.from_bytes(data[offset : offset + 2], "little")
+
+
 def _open_image(data: bytes, what: str, max_pixels: int) -> Image.Image:
     if not data:
         raise BadSample(f"{what} is a zero-byte file")
@@ -150,7 +156,7 @@ def _open_image(data: bytes, what: str, max_pixels: int) -> Image.Image:
         raise BadSample(f"{what} is not an image (unrecognised format)") from None
     except (OSError, SyntaxError, ValueError) as error:  # a header cut short or malformed
         raise BadSample(f"{what} is truncated or corrupt ({error})") from None
-    if image.format == "BMP" and image.mode == "1" and data[28:30] != b"\x01\x00":
+    if image.format == "BMP" and image.mode == "1" and _bmp_bits_per_pixel(data) != 1:
         # Pillow (13.0) takes an 8-bit BMP with a black / white palette for 1-bit data: wrong pixels.
         raise BadSample(
             f"{what} is an 8-bit BMP with a 2-colour palette, which Pillow misreads; save it as PNG"

@@ -74,7 +74,21 @@ def test_layout_names():
         (lambda m: png(np.dstack([m, np.zeros_like(m), m])), False),  # coloured
         (lambda m: png(np.where(m > 0, 128, 0).astype(np.uint8)), False),  # 0/128
         (lambda m: png(np.arange(64, dtype=np.uint8).reshape(8, 8) * 4), False),  # gradient
-        (lambda m: png(m.astype(np.uint16) * 100), False),  # 16-bit
+        # max is 255, yet not binary: an anti-aliased edge, a stray 1 (only the count check sees these)
+        (lambda m: png(np.where(np.eye(8, dtype=bool), 128, m).astype(np.uint8)), False),
+        (lambda m: png(np.where(np.eye(8, dtype=bool), 1, m).astype(np.uint8)), False),
+        (
+            lambda m: png(
+                np.where(np.eye(8, dtype=bool)[..., None], 128, np.dstack([m] * 3)).astype(np.uint8)
+            ),
+            False,
+        ),
+        (lambda m: png(m.astype(np.uint16) * 257), True),  # 16-bit 0 / 65535
+        (
+            lambda m: png(np.where(np.eye(8, dtype=bool), 100, m.astype(np.uint16) * 257)),
+            False,
+        ),  # 16-bit, stray
+        (lambda m: png(m.astype(np.uint16) * 100), False),  # 16-bit 0 / 25500
     ],
 )
 def test_mask_validation(make, accepted):
@@ -83,9 +97,13 @@ def test_mask_validation(make, accepted):
     data = make(mask)
     if accepted:
         np.testing.assert_array_equal(raw.decode_mask(data, "00001_skin.png", CONFIG), mask > 0)
+        label = raw.decode_label({"hair": data}, CONFIG, 1)  # the class id, not id * 255 (1-bit bytes)
+        np.testing.assert_array_equal(label[::2, ::2], np.where(mask > 0, 13, 0))
     else:
         with pytest.raises(BadSample, match="00001_skin.png"):
             raw.decode_mask(data, "00001_skin.png", CONFIG)
+        with pytest.raises(BadSample, match="00001_hair.png"):
+            raw.decode_label({"hair": data}, CONFIG, 1)
 
 
 def test_image_validation():
