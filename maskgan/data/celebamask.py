@@ -156,11 +156,9 @@ def _open_image(data: bytes, what: str, max_pixels: int) -> Image.Image:
         raise BadSample(f"{what} is not an image (unrecognised format)") from None
     except (OSError, SyntaxError, ValueError) as error:  # a header cut short or malformed
         raise BadSample(f"{what} is truncated or corrupt ({error})") from None
-    if image.format == "BMP" and image.mode == "1" and _bmp_bits_per_pixel(data) != 1:
+    if image.format == "BMP" and image.mode == "1" and (bits := _bmp_bits_per_pixel(data)) != 1:
         # Pillow (13.0) takes an 8-bit BMP with a black / white palette for 1-bit data: wrong pixels.
-        raise BadSample(
-            f"{what} is an 8-bit BMP with a 2-colour palette, which Pillow misreads; save it as PNG"
-        )
+        raise BadSample(f"{what} is a {bits}-bit BMP with a black / white palette, which Pillow misreads")
     width, height = image.size
     if width * height > max_pixels:
         raise BadSample(
