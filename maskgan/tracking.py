@@ -7,6 +7,7 @@ MlflowClient, never the fluent global "active run", so nothing leaks between run
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import re
@@ -28,7 +29,10 @@ if TYPE_CHECKING:  # mlflow, torch and PIL load on use: importing maskgan.tracki
 
 RUN_KEY_TAG = "maskgan.run_key"
 STAGE_TAG = "maskgan.stage"
-GIT_COMMIT_TAG = "maskgan.git_commit"
+GIT_COMMIT_TAG = "maskgan.git_commit"  # set by Tracker.start
+# Set by the training glue; train_ebst reads CHECKPOINT_TAG of upstream runs found with find_run.
+CHECKPOINT_TAG = "maskgan.checkpoint"  # URI of the run's latest checkpoint directory
+MANIFEST_TAG = "maskgan.manifest_sha256"  # checksum of the dataset manifest trained on
 _RUN_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:=+-]*$")
 _ARTIFACT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 # Fail within seconds when the server is down, instead of MLflow's default 7 retries with backoff 2
@@ -49,6 +53,10 @@ class TrackingConfig:
     experiment: str = "maskgan"
     artifact_location: str | None = None  # e.g. s3://bucket/mlflow; used when the experiment is created
     enabled: bool = True
+
+    def resolved(self) -> TrackingConfig:
+        """This config with an absolute tracking URI: resolve on the driver, then ship to the workers."""
+        return dataclasses.replace(self, tracking_uri=resolve_tracking_uri(self.tracking_uri))
 
     def __post_init__(self) -> None:
         if not self.experiment:
@@ -97,11 +105,13 @@ def check_reachable(uri: str, timeout_s: float = HEALTH_TIMEOUT_S) -> None:
     """For an http(s) tracking URI, GET /health once; TrackingError within timeout_s when it is down."""
     if urlparse(uri).scheme not in ("http", "https"):
         return
-    url = uri.rstrip("/") + "/health"
+    url = redact(uri).rstrip("/") + "/health"  # /health needs no credentials, even behind basic auth
     try:
         with urllib.request.urlopen(url, timeout=timeout_s) as response:  # noqa: S310 (http(s) only)
             response.read()
-    except (urllib.error.URLError, OSError) as error:
+    except urllib.error.HTTPError:
+        return  # it answered (e.g. 401 or 404 behind a proxy): reachable; MLflow reports the rest
+    except (urllib.error.URLError, OSError, ValueError) as error:
         reason = getattr(error, "reason", error)
         raise TrackingError(
             f"MLflow tracking server {redact(uri)} is not reachable ({reason}); start it "
@@ -292,7 +302,7 @@ class Tracker:
             self._client.log_batch(self.run_id, params=new[start : start + MAX_PARAMS_TAGS_PER_BATCH])
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
-        """Log numbers (floats, ints, 0-d tensors) at a step; NaN and inf are logged as they are."""
+        """Log numbers (floats, ints, 0-d tensors) at a step (MLflow keeps NaN, stores inf as +-max float)."""
         if not self.enabled or not metrics:
             return
         import time
