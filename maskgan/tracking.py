@@ -123,6 +123,9 @@ def _configure_process(config: TrackingConfig, storage: StorageConfig | None) ->
     """Environment MLflow's HTTP and boto3 clients read: fail-fast retries, the S3 endpoint."""
     for key, value in _HTTP_DEFAULTS.items():
         os.environ.setdefault(key, value)
+    uri = resolve_tracking_uri(config.tracking_uri)
+    if uri.startswith("sqlite:///"):  # SQLite creates the file, not its folder
+        os.makedirs(os.path.dirname(uri.removeprefix("sqlite:///")), exist_ok=True)
     if config.artifact_location and config.artifact_location.startswith("s3://") and storage is not None:
         endpoint = storage.resolved_endpoint()
         if endpoint:

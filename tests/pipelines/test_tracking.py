@@ -36,7 +36,8 @@ def restore_env():
 @pytest.fixture(scope="module")
 def sqlite_uri(tmp_path_factory) -> str:
     """One SQLite store for the module (creating one costs seconds); tests use their own experiments."""
-    return f"sqlite:///{tmp_path_factory.mktemp('mlflow')}/mlflow.db"
+    # A folder that does not exist yet: Tracker.start must create it (SQLite would not).
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow')}/new-folder/mlflow.db"
 
 
 @pytest.fixture
@@ -57,6 +58,7 @@ def test_run_logs_and_resumes_in_sqlite(tmp_path, sqlite_config, restore_env):
     tags = {"maskgan.dataset": "abc"}
     tracker = Tracker.start(config, run_key="key1", stage="dmn", params=PARAMS, tags=tags)
     assert not tracker.resumed
+    assert os.path.isfile(config.tracking_uri.removeprefix("sqlite:///"))
     tracker.log_metrics({"loss/g": 2.0, "lr": torch.tensor(1e-3)}, step=1)
     tracker.log_metrics({"loss/g": 1.5}, step=2)
     assert tracker.log_image(grid(), "grid", step=2) == "images/grid_step0000002.png"

@@ -27,6 +27,9 @@ def test_default_tracking_uri_is_an_absolute_sqlite_file_of_the_cwd(tmp_path, mo
     assert resolve_tracking_uri("sqlite:///runs/m.db") == f"sqlite:///{tmp_path}/runs/m.db"
     assert resolve_tracking_uri("sqlite:////abs/m.db") == "sqlite:////abs/m.db"
     assert resolve_tracking_uri("http://mlflow:5000") == "http://mlflow:5000"
+    # The driver resolves once; workers with another cwd get the same file.
+    resolved = TrackingConfig(experiment="e").resolved()
+    assert resolved.tracking_uri == f"sqlite:///{tmp_path}/mlflow.db" and resolved.experiment == "e"
 
 
 @pytest.mark.parametrize("uri", ["file:///tmp/mlruns", "./mlruns", "/tmp/mlruns"])
