@@ -31,7 +31,7 @@ RUN_KEY_TAG = "maskgan.run_key"
 STAGE_TAG = "maskgan.stage"
 GIT_COMMIT_TAG = "maskgan.git_commit"  # set by Tracker.start
 # Set by the training glue; train_ebst reads CHECKPOINT_TAG of upstream runs found with find_run.
-CHECKPOINT_TAG = "maskgan.checkpoint"  # URI of the run's latest checkpoint directory
+CHECKPOINT_TAG = "maskgan.checkpoint_uri"  # URI of the run's latest checkpoint directory
 MANIFEST_TAG = "maskgan.manifest_sha256"  # checksum of the dataset manifest trained on
 _RUN_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:=+-]*$")
 _ARTIFACT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -319,8 +319,12 @@ class Tracker:
 
     def log_image(self, image: Image.Image, name: str, step: int | None = None) -> str:
         """Log a PNG under images/ (name_step000123.png); returns its artefact path ('' when disabled)."""
+        name = name.removesuffix(".png")
         if not _ARTIFACT_NAME.match(name):
-            raise ValueError(f"image name {name!r} must be a plain file name ([A-Za-z0-9_.-])")
+            raise ValueError(
+                f"image name {name!r} must be a plain stem such as 'grid' ([A-Za-z0-9_.-]); the file "
+                "becomes images/<name>_step<step>.png"
+            )
         file_name = f"{name}.png" if step is None else f"{name}_step{int(step):07d}.png"
         if not self.enabled:
             return ""

@@ -61,7 +61,7 @@ def test_run_logs_and_resumes_in_sqlite(tmp_path, sqlite_config, restore_env):
     assert os.path.isfile(config.tracking_uri.removeprefix("sqlite:///"))
     tracker.log_metrics({"loss/g": 2.0, "lr": torch.tensor(1e-3)}, step=1)
     tracker.log_metrics({"loss/g": 1.5}, step=2)
-    assert tracker.log_image(grid(), "grid", step=2) == "images/grid_step0000002.png"
+    assert tracker.log_image(grid(), "grid.png", step=2) == "images/grid_step0000002.png"
     notes = tmp_path / "notes.txt"
     notes.write_text("checkpoint at s3://x")
     tracker.log_artifact(str(notes), "meta")

@@ -66,6 +66,8 @@ def test_disabled_tracker_does_nothing():
     tracker.log_metrics({"loss": 1.0}, step=1)
     tracker.set_tags({"a": "b"})
     assert tracker.log_image(image_grid({"x": torch.zeros(1, 3, 8, 8)}), "grid", step=1) == ""
+    with pytest.raises(ValueError, match="plain stem such as 'grid'"):  # checked even when disabled
+        tracker.log_image(image_grid({"x": torch.zeros(1, 3, 8, 8)}), "images/step_10.png", step=10)
     tracker.finish()
     off = Tracker.start(TrackingConfig(enabled=False), run_key="k", stage="dmn", params={}, tags={})
     assert off.run_id is None and not off.enabled
