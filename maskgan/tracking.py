@@ -174,11 +174,23 @@ def _client(tracking_uri: str) -> mlflow.MlflowClient:
 
 
 def _experiment_id(client: mlflow.MlflowClient, config: TrackingConfig, create: bool) -> str | None:
+    from mlflow.exceptions import MlflowException
+
     experiment = client.get_experiment_by_name(config.experiment)
     if experiment is None:
         if not create:
             return None
-        return client.create_experiment(config.experiment, artifact_location=config.artifact_location)
+        try:
+            return client.create_experiment(config.experiment, artifact_location=config.artifact_location)
+        except MlflowException:
+            experiment = client.get_experiment_by_name(config.experiment)  # another driver made it first
+            if experiment is None:
+                raise
+    if experiment.lifecycle_stage == "deleted":
+        raise ValueError(
+            f"MLflow experiment {config.experiment!r} is deleted; restore it (`mlflow experiments restore "
+            f"--experiment-id {experiment.experiment_id}`) or choose another tracking.experiment"
+        )
     wanted = (config.artifact_location or "").rstrip("/")
     if wanted and experiment.artifact_location.rstrip("/") != wanted:
         raise ValueError(

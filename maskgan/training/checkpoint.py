@@ -191,6 +191,10 @@ def _write_s3(location: storage.Location, files: dict[str, bytes], meta_text: st
             raise FileExistsError(f"a checkpoint already exists at {location.uri}; pass overwrite=True")
         # Drop the marker first: while the new files go up, the old checkpoint reads as incomplete.
         location.fs.delete_file(meta_location.path)
+        # No stale weights of networks the new checkpoint lacks. File by file: pyarrow's delete_dir
+        # would leave a marker object for the parent prefix behind.
+        for info in storage.list_files(location):
+            location.fs.delete_file(info.path)
     for name, data in files.items():
         storage.write_bytes(location.join(name), data)
     storage.write_bytes(meta_location, meta_text.encode())

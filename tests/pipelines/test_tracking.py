@@ -134,6 +134,7 @@ def test_context_manager_marks_a_crash_failed(sqlite_config, restore_env):
 
 @pytest.mark.timeout(90)  # MLflow's default retries would take minutes: a hang fails here
 def test_unreachable_server_fails_fast_naming_the_uri(restore_env):
+    os.environ.pop("MLFLOW_HTTP_REQUEST_MAX_RETRIES", None)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]  # bound, never listening: connections are refused
