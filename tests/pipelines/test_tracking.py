@@ -119,6 +119,15 @@ def test_changed_params_are_refused_by_name_unless_allowed(sqlite_config, restor
     resumed.finish()
 
 
+def test_deleted_experiment_is_refused_by_name(sqlite_config, restore_env):
+    config = sqlite_config(experiment="to-delete")
+    Tracker.start(config, run_key="k", stage="dmn", params={}, tags={}).finish()
+    client = mlflow.MlflowClient(config.tracking_uri)
+    client.delete_experiment(client.get_experiment_by_name("to-delete").experiment_id)
+    with pytest.raises(ValueError, match="experiment 'to-delete' is deleted; restore it"):
+        Tracker.start(config, run_key="k", stage="dmn", params={}, tags={})
+
+
 def test_bad_run_key_is_refused(sqlite_config):
     with pytest.raises(ValueError, match="run_key"):
         Tracker.start(sqlite_config(), run_key="a' or '1'='1", stage="dmn", params={}, tags={})
