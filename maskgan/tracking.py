@@ -266,6 +266,9 @@ class Tracker:
         if not config.enabled:
             return cls.disabled()
         _check_run_key(run_key, stage)
+        for tag, value in ((RUN_KEY_TAG, run_key), (STAGE_TAG, stage)):
+            if tag in tags and str(tags[tag]) != value:
+                raise ValueError(f"tags[{tag!r}] = {tags[tag]!r} contradicts {value!r}: runs are found by it")
         uri = resolve_tracking_uri(config.tracking_uri)
         _configure_process(config, storage)
         check_reachable(uri)
@@ -347,13 +350,18 @@ class Tracker:
         return f"images/{file_name}"
 
     def log_artifact(self, local_path: str, artifact_path: str | None = None) -> None:
+        """Upload a file, or a folder's contents, under artifact_path (None = the run's root)."""
         if not self.enabled:
             return
         if not os.path.exists(local_path):
             raise FileNotFoundError(f"artefact {local_path} does not exist")
-        self._client.log_artifact(self.run_id, local_path, artifact_path=artifact_path)
+        if os.path.isdir(local_path):
+            self._client.log_artifacts(self.run_id, local_path, artifact_path=artifact_path)
+        else:
+            self._client.log_artifact(self.run_id, local_path, artifact_path=artifact_path)
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
+        """Set (or overwrite) run tags; values become strings."""
         if not self.enabled or not tags:
             return
         from mlflow.entities import RunTag

@@ -65,6 +65,9 @@ def test_run_logs_and_resumes_in_sqlite(tmp_path, sqlite_config, restore_env):
     notes = tmp_path / "notes.txt"
     notes.write_text("checkpoint at s3://x")
     tracker.log_artifact(str(notes), "meta")
+    (tmp_path / "folder" / "sub").mkdir(parents=True)
+    (tmp_path / "folder" / "sub" / "config.yaml").write_text("a: 1")
+    tracker.log_artifact(str(tmp_path / "folder"), "run")
     tracker.finish()
 
     # A restarted job with the same key continues the same run and its metric history.
@@ -89,6 +92,7 @@ def test_run_logs_and_resumes_in_sqlite(tmp_path, sqlite_config, restore_env):
     images = client.list_artifacts(run.info.run_id, "images")
     assert [f.path for f in images] == ["images/grid_step0000002.png"]
     assert [f.path for f in client.list_artifacts(run.info.run_id, "meta")] == ["meta/notes.txt"]
+    assert [f.path for f in client.list_artifacts(run.info.run_id, "run/sub")] == ["run/sub/config.yaml"]
 
     # Another stage (or key) is another run; find_run sees each.
     other = Tracker.start(config, run_key="key1", stage="ebst", params=PARAMS, tags={})
@@ -131,6 +135,8 @@ def test_deleted_experiment_is_refused_by_name(sqlite_config, restore_env):
 def test_bad_run_key_is_refused(sqlite_config):
     with pytest.raises(ValueError, match="run_key"):
         Tracker.start(sqlite_config(), run_key="a' or '1'='1", stage="dmn", params={}, tags={})
+    with pytest.raises(ValueError, match=r"tags\['maskgan.stage'\] = 'ebst' contradicts 'dmn'"):
+        Tracker.start(sqlite_config(), run_key="k", stage="dmn", params={}, tags={STAGE_TAG: "ebst"})
 
 
 def test_context_manager_marks_a_crash_failed(sqlite_config, restore_env):
