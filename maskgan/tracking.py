@@ -394,14 +394,17 @@ def git_commit() -> str | None:
     """The commit of the maskgan checkout ('<sha>-dirty' with local changes), or None outside git."""
     folder = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True, timeout=10, check=True
-        ).stdout.strip()
+        top, sha = subprocess.run(
+            ["git", "rev-parse", "--show-toplevel", "HEAD"],
+            cwd=folder, capture_output=True, text=True, timeout=10, check=True,
+        ).stdout.split()  # fmt: skip
+        if os.path.realpath(top) != os.path.realpath(folder):
+            return None  # an installed copy inside some other repository (e.g. a venv in a checkout)
         dirty = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no"],
             cwd=folder, capture_output=True, text=True, timeout=10, check=True,
         ).stdout.strip()  # fmt: skip
-    except (OSError, subprocess.SubprocessError):
+    except (OSError, subprocess.SubprocessError, ValueError):
         return None
     return f"{sha}-dirty" if dirty else sha or None
 

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import importlib.util
 import re
+import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 
+from maskgan import tracking
 from maskgan.labels import COLORS
 from maskgan.tracking import (
     Tracker,
@@ -76,6 +81,21 @@ def test_disabled_tracker_does_nothing():
 def test_git_commit_is_this_checkout():
     commit = git_commit()
     assert commit is not None and re.fullmatch(r"[0-9a-f]{40}(-dirty)?", commit)
+
+
+def test_git_commit_of_an_installed_copy_inside_another_repository_is_none(tmp_path, monkeypatch):
+    # e.g. a non-editable install in a venv that lives inside some checkout: that checkout's HEAD is wrong.
+    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "other"], check=True)
+    copy = tmp_path / "venv" / "site-packages" / "maskgan" / "tracking.py"
+    copy.parent.mkdir(parents=True)
+    shutil.copy(tracking.__file__, copy)
+    spec = importlib.util.spec_from_file_location("copied_tracking", copy)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "copied_tracking", module)  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    assert module.git_commit() is None
 
 
 def cell(grid: np.ndarray, column: int, row: int, size: int, gap: int = 4, header: int = 22) -> np.ndarray:
