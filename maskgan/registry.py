@@ -114,8 +114,6 @@ def _alias_version(client: mlflow.MlflowClient, name: str, alias: str) -> int | 
 
 def _source(client: mlflow.MlflowClient, run_id: str, artifact_path: str) -> tuple[str, str | None]:
     """(source URI, logged model id or None) of a run's logged model named artifact_path, else its folder."""
-    from mlflow.store.artifact.runs_artifact_repo import RunsArtifactRepository
-
     run = client.get_run(run_id)
     # MLflow 3 keeps a model logged with log_model(name=...) outside the run's artefacts, as a LoggedModel.
     models = [
@@ -134,7 +132,8 @@ def _source(client: mlflow.MlflowClient, run_id: str, artifact_path: str) -> tup
             f"run {run_id} has no logged model named {artifact_path!r} and no artefact at that path; "
             "log the model (or folder) first, or pass the artifact path it was logged under"
         )
-    return RunsArtifactRepository.get_underlying_uri(f"runs:/{run_id}/{artifact_path}"), None
+    # (RunsArtifactRepository.get_underlying_uri would ask the global tracking URI, not this client's)
+    return f"{run.info.artifact_uri.rstrip('/')}/{artifact_path.strip('/')}", None
 
 
 def find_version(config: TrackingConfig, name: str, run_id: str, artifact_path: str) -> int | None:

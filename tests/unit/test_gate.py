@@ -65,13 +65,19 @@ def test_a_missing_failed_or_invalid_evaluation_never_promotes(challenger, reaso
 
 
 def test_floors_and_ceilings_block_a_better_challenger():
-    gate = GateConfig(primary_metric="edit/miou", floors={"recon/ssim": 0.5}, ceilings={"edit/outside_l1": 0.1})
+    gate = GateConfig(
+        primary_metric="edit/miou", floors={"recon/ssim": 0.5}, ceilings={"edit/outside_l1": 0.1}
+    )
     champion = report(edit__miou=0.1, recon__ssim=0.9, edit__outside_l1=0.0)
     good = report(edit__miou=0.9, recon__ssim=0.5, edit__outside_l1=0.1)  # bounds are inclusive
     assert decide(gate, good, champion, has_champion=True).outcome == PROMOTED
-    low = decide(gate, {**good, "metrics": {**good["metrics"], "recon/ssim": 0.49}}, champion, has_champion=True)
+    low = decide(
+        gate, {**good, "metrics": {**good["metrics"], "recon/ssim": 0.49}}, champion, has_champion=True
+    )
     assert low.outcome == KEPT and "recon/ssim = 0.49, floor >= 0.5" in low.reason
-    high = decide(gate, {**good, "metrics": {**good["metrics"], "edit/outside_l1": 0.2}}, None, has_champion=False)
+    high = decide(
+        gate, {**good, "metrics": {**good["metrics"], "edit/outside_l1": 0.2}}, None, has_champion=False
+    )
     assert high.outcome == KEPT and "edit/outside_l1 = 0.2, ceiling <= 0.1" in high.reason
     # An unavailable or missing bounded metric cannot pass its bound.
     unavailable = report(edit__miou=0.9, recon__ssim=None)
@@ -97,7 +103,9 @@ def test_an_incomparable_champion_is_kept(champion, reason):
 
 def test_reports_of_other_datasets_are_not_compared():
     mine = {**report(edit__miou=0.9), "manifest_sha256": "a" * 64}
-    assert decide(GATE, mine, {**report(edit__miou=0.1), "manifest_sha256": "a" * 64}, has_champion=True).promote
+    assert decide(
+        GATE, mine, {**report(edit__miou=0.1), "manifest_sha256": "a" * 64}, has_champion=True
+    ).promote
     other = decide(GATE, mine, {**report(edit__miou=0.1), "manifest_sha256": "b" * 64}, has_champion=True)
     assert other.outcome == KEPT and "other datasets" in other.reason
 
