@@ -31,6 +31,13 @@ if TYPE_CHECKING:
     import mlflow
 
 MODEL_NAMES = ("maskgan-maskvae", "maskgan-dmn", "maskgan-parser", "maskgan-editor")
+# The default rule's primary metric per model (higher is better); evaluation writes these names.
+PRIMARY_METRICS = {
+    "maskgan-maskvae": "maskvae/miou",  # mask reconstruction mIoU
+    "maskgan-dmn": "edit/miou",  # parser mIoU of generated images against their (edited) masks
+    "maskgan-parser": "parser/miou",  # mIoU on the split
+    "maskgan-editor": "edit/miou",
+}
 CHAMPION, CHALLENGER = "champion", "challenger"
 REPORT_TAG = "maskgan.report"  # the version's evaluation report, compact JSON
 REPORT_SOURCE_TAG = "maskgan.report_source"  # where that report was read from
@@ -89,6 +96,12 @@ def _client(config: TrackingConfig) -> mlflow.MlflowClient:
 
 def _not_found(error: Exception) -> bool:
     return getattr(error, "error_code", "") == "RESOURCE_DOES_NOT_EXIST"
+
+
+def default_gate(name: str) -> GateConfig:
+    """The default rule: the model's PRIMARY_METRICS entry, higher is better, margin 0, no bounds."""
+    _check_name(name)
+    return GateConfig(primary_metric=PRIMARY_METRICS[name], direction="max", margin=0.0)
 
 
 def champion_version(config: TrackingConfig, name: str) -> int | None:
@@ -255,12 +268,13 @@ def promote(
 ) -> Decision:
     """Gate version `version` of `name` and move `champion` to it when it wins.
 
-    report: the evaluation report (a dict, or a path / s3:// / runs:/ URI to its JSON); None = the
-    report stored with the version by an earlier gate. The report and the decision are written as
-    version tags (not with dry_run); a version that already is the champion is left untouched.
+    gate: None = default_gate(name). report: the evaluation report (a dict, or a path / s3:// /
+    runs:/ URI to its JSON); None = the report stored with the version by an earlier gate. The report
+    and the decision are written as version tags (not with dry_run); a version that already is the
+    champion is left untouched.
     """
     _check_name(name)
-    gate = gate or GateConfig()
+    gate = gate or default_gate(name)
     client = _client(config)
     from mlflow.exceptions import MlflowException
 

@@ -6,10 +6,10 @@ Examples:
       --mlflow-uri http://mlflow.internal:5000
   # register the run's logged model "editor" (alias challenger), then gate it
   python pipelines/promote.py --model maskgan-editor --run-id 0123abcd --artifact-path editor \\
-      --report runs:/4567ef/evaluation/report.json --primary-metric edit/miou --margin 0.005
+      --report runs:/4567ef/evaluation/report.json --margin 0.005 --floor recon/ssim=0.3
   # see what the gate would decide, with a lower-is-better metric and hard bounds; changes nothing
   python pipelines/promote.py --model maskgan-parser --version 2 --report parser.json \\
-      --primary-metric val/loss --direction min --floor parse/miou=0.5 --ceiling fid=80 --dry-run
+      --primary-metric val/loss --direction min --floor parser/miou=0.5 --ceiling fid=80 --dry-run
 Without --report, the report stored with the version by an earlier gate is used.
 Exit status: 0 promoted, kept, or already the champion; 1 failed (no / failed / invalid evaluation, MLflow
 or storage error); 2 bad arguments.
@@ -23,7 +23,7 @@ import math
 import sys
 
 from maskgan.gate import GateConfig
-from maskgan.registry import MODEL_NAMES, Decision, find_version, promote, register
+from maskgan.registry import MODEL_NAMES, PRIMARY_METRICS, Decision, find_version, promote, register
 from maskgan.storage import StorageError
 from maskgan.tracking import TrackingConfig, TrackingError
 
@@ -33,7 +33,6 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n", 2)[2],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
-    defaults = GateConfig()
     parser.add_argument("--model", required=True, choices=MODEL_NAMES, help="registered model name")
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--version", type=int, help="the registered version to gate")
@@ -48,12 +47,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--mlflow-uri", metavar="URI", help="MLflow tracking server (http://...) or sqlite:///abs/path.db "
         "(default ./mlflow.db)",
     )  # fmt: skip
-    parser.add_argument("--primary-metric", default=defaults.primary_metric, help="default: %(default)s")
+    defaults = ", ".join(f"{name}: {metric}" for name, metric in PRIMARY_METRICS.items())
     parser.add_argument(
-        "--direction", default=defaults.direction, choices=("max", "min"), help="default: max"
+        "--primary-metric", help=f"metric to beat the champion on; default per model ({defaults})"
     )
     parser.add_argument(
-        "--margin", type=float, default=defaults.margin, help="win by more than this (absolute); default 0"
+        "--direction", default="max", choices=("max", "min"), help="max (default): higher wins"
+    )
+    parser.add_argument(
+        "--margin", type=float, default=0.0, help="win by more than this (absolute, metric units); default 0"
     )
     parser.add_argument(
         "--floor", action="append", default=[], metavar="NAME=VALUE", help="hard bound NAME >= VALUE (repeat)"
@@ -87,7 +89,8 @@ def _bounds(items: list[str], flag: str) -> dict[str, float]:
 
 def resolve_gate(args: argparse.Namespace) -> GateConfig:
     return GateConfig(
-        primary_metric=args.primary_metric, direction=args.direction, margin=args.margin,
+        primary_metric=args.primary_metric or PRIMARY_METRICS[args.model],
+        direction=args.direction, margin=args.margin,
         floors=_bounds(args.floor, "--floor"), ceilings=_bounds(args.ceiling, "--ceiling"),
     )  # fmt: skip
 

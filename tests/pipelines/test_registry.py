@@ -31,6 +31,7 @@ from maskgan.registry import (
     register,
     stored_report,
 )
+from maskgan.storage import StorageConfig
 from maskgan.tracking import TrackingConfig
 from pipelines import promote as promote_cli
 
@@ -145,10 +146,22 @@ def test_gate_moves_the_champion_only_for_a_winner(store, tmp_path):
     v3 = register(config, name, runs[2], "model")
     assert promote(config, name, v3, GATE, report=report(0.9, ssim=0.1)).outcome == "kept"
     assert aliases(uri, name)[CHAMPION] == 1
-    better = promote(config, name, v3, GATE, report=report(0.5))
+    report_uri = str(tmp_path / "v3.json")
+    if s3:  # the report evaluation wrote to S3
+        endpoint, artifacts = s3
+        bucket = artifacts.removeprefix("s3://").partition("/")[0]
+        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").put_object(
+            Bucket=bucket, Key="reports/v3.json", Body=json.dumps(report(0.5)).encode()
+        )
+        report_uri = f"s3://{bucket}/reports/v3.json"
+    else:
+        (tmp_path / "v3.json").write_text(json.dumps(report(0.5)))
+    storage = StorageConfig(endpoint_url=s3[0], region="us-east-1") if s3 else None
+    better = promote(config, name, v3, GATE, report=report_uri, storage=storage)
     assert better.outcome == "promoted" and (better.champion_before, better.champion_after) == (1, 3)
     assert aliases(uri, name) == {CHALLENGER: 3, CHAMPION: 3}
     assert stored_report(config, name, v3) == report(0.5)
+    assert tags(uri, name, v3)[REPORT_SOURCE_TAG] == report_uri
 
     # A failed or missing evaluation never promotes, however good its numbers look.
     v4 = register(config, name, runs[3], "model")
@@ -262,14 +275,14 @@ def test_help_examples_run_and_exit_codes(sqlite_uri, tmp_path, restore_env, cap
     # Example 3: a dry run with bounds on the parser; it decides and writes nothing.
     parser = register(config, "maskgan-parser", folder_run(sqlite_uri, experiment_id, tmp_path), "model")
     parser_report = tmp_path / "parser.json"
-    metrics = {"val/loss": 0.3, "parse/miou": 0.4, "fid": "unavailable"}
+    metrics = {"val/loss": 0.3, "parser/miou": 0.4, "fid": "unavailable"}
     parser_report.write_text(json.dumps({"status": "ok", "split": "val", "metrics": metrics}))
     argv = _substitute(examples[2], {"--version": str(parser), "--report": str(parser_report)})
     assert promote_cli.cli([*argv, "--mlflow-uri", sqlite_uri]) == 0
     printed = capsys.readouterr().out
     assert (
         "KEPT (dry run)" in printed
-        and "parse/miou = 0.4, floor >= 0.5" in printed
+        and "parser/miou = 0.4, floor >= 0.5" in printed
         and "fid is unavailable" in printed
     )
     assert DECISION_TAG not in tags(sqlite_uri, "maskgan-parser", parser)
@@ -284,7 +297,7 @@ def test_help_examples_run_and_exit_codes(sqlite_uri, tmp_path, restore_env, cap
     assert promote_cli.cli([*base, "--version", "99", "--report", str(failed)]) == 1
     assert "has no version 99" in capsys.readouterr().err
     for bad, message in (
-        (["--floor", "parse/miou"], "--floor 'parse/miou' must be NAME=NUMBER"),
+        (["--floor", "parser/miou"], "--floor 'parser/miou' must be NAME=NUMBER"),
         (["--margin", "-1"], "gate.margin must be finite and >= 0"),
         (["--direction", "up"], "invalid choice: 'up'"),
         (["--run-id", "x"], "not allowed with argument --version"),

@@ -144,3 +144,19 @@ def test_gate_config_copies_its_bounds():
     floors["recon/ssim"] = 0.99  # the caller's dict changing later does not change the frozen config
     assert gate.floors == {"recon/ssim": 0.5}
     assert gate.describe() == "edit/miou max, margin 0; bounds recon/ssim>=0.5"
+
+
+def test_default_rule_per_model():
+    from maskgan.registry import MODEL_NAMES, default_gate
+
+    assert default_gate("maskgan-parser") == GateConfig(
+        primary_metric="parser/miou", direction="max", margin=0.0
+    )
+    assert {default_gate(name).primary_metric for name in MODEL_NAMES} == {
+        "maskvae/miou",
+        "edit/miou",
+        "parser/miou",
+    }
+    assert all(not default_gate(name).floors and not default_gate(name).ceilings for name in MODEL_NAMES)
+    with pytest.raises(ValueError, match="'maskgan-gan' is not one of maskgan-maskvae"):
+        default_gate("maskgan-gan")
