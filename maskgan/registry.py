@@ -9,8 +9,10 @@ Serve `models:/<name>@champion`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -48,7 +50,11 @@ CHAMPION_METRICS_TAG = "maskgan.gate.champion_metrics"  # JSON, or "none"
 CHAMPION_VERSION_TAG = "maskgan.gate.champion_version"  # the champion it was compared with, or "none"
 RULE_TAG = "maskgan.gate.rule"  # JSON GateConfig
 DECIDED_AT_TAG = "maskgan.gate.decided_at"  # UTC, ISO 8601
-MAX_REPORT_CHARS = 50_000  # MLflow allows 100k per registry tag; a report is a few kB
+MAX_REPORT_CHARS = 50_000
+_RUN_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_ARTIFACT_PATH = re.compile(
+    r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$"
+)  # MLflow allows 100k per registry tag; a report is a few kB
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -98,6 +104,30 @@ def _not_found(error: Exception) -> bool:
     return getattr(error, "error_code", "") == "RESOURCE_DOES_NOT_EXIST"
 
 
+@contextlib.contextmanager
+def _mlflow_errors(config: TrackingConfig, action: str):
+    """MLflow's 'does not exist' -> ValueError; any other MLflow failure -> TrackingError naming the URI."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        yield
+    except MlflowException as error:
+        if _not_found(error):
+            raise ValueError(f"cannot {action}: {error.message}") from None
+        uri = redact(resolve_tracking_uri(config.tracking_uri))
+        raise TrackingError(f"MLflow at {uri} failed to {action}: {error.message}") from error
+
+
+def _check_run(run_id: str, artifact_path: str) -> None:
+    if not isinstance(run_id, str) or not _RUN_ID.match(run_id):
+        raise ValueError(f"run_id must be an MLflow run id ([A-Za-z0-9_-]), got {run_id!r}")
+    parts = artifact_path.split("/") if isinstance(artifact_path, str) else []
+    if not _ARTIFACT_PATH.match(artifact_path or "") or {".", ".."} & set(parts):
+        raise ValueError(
+            f"artifact_path must be a relative path inside the run such as 'model', got {artifact_path!r}"
+        )
+
+
 def default_gate(name: str) -> GateConfig:
     """The default rule: the model's PRIMARY_METRICS entry, higher is better, margin 0, no bounds."""
     _check_name(name)
@@ -107,7 +137,9 @@ def default_gate(name: str) -> GateConfig:
 def champion_version(config: TrackingConfig, name: str) -> int | None:
     """The version the `champion` alias points at, or None."""
     _check_name(name)
-    return _alias_version(_client(config), name, CHAMPION)
+    client = _client(config)
+    with _mlflow_errors(config, f"read the {name} aliases"):
+        return _alias_version(client, name, CHAMPION)
 
 
 def _alias_version(client: mlflow.MlflowClient, name: str, alias: str) -> int | None:
@@ -139,22 +171,24 @@ def _source(client: mlflow.MlflowClient, run_id: str, artifact_path: str) -> tup
     if models:
         newest = max(models, key=lambda model: model.creation_timestamp)
         return f"models:/{newest.model_id}", newest.model_id
-    parent, _, leaf = artifact_path.rstrip("/").rpartition("/")
+    parent, _, leaf = artifact_path.rpartition("/")
     if leaf not in {os.path.basename(item.path) for item in client.list_artifacts(run_id, parent or None)}:
         raise ValueError(
             f"run {run_id} has no logged model named {artifact_path!r} and no artefact at that path; "
             "log the model (or folder) first, or pass the artifact path it was logged under"
         )
     # (RunsArtifactRepository.get_underlying_uri would ask the global tracking URI, not this client's)
-    return f"{run.info.artifact_uri.rstrip('/')}/{artifact_path.strip('/')}", None
+    return f"{run.info.artifact_uri.rstrip('/')}/{artifact_path}", None
 
 
 def find_version(config: TrackingConfig, name: str, run_id: str, artifact_path: str) -> int | None:
     """The newest version of `name` registered from this run's artifact_path, or None."""
     _check_name(name)
+    _check_run(run_id, artifact_path)
     client = _client(config)
-    source, _ = _source(client, run_id, artifact_path)
-    return _find_version(client, name, run_id, source)
+    with _mlflow_errors(config, f"look up {name} versions of run {run_id}"):
+        source, _ = _source(client, run_id, artifact_path)
+        return _find_version(client, name, run_id, source)
 
 
 def _find_version(client: mlflow.MlflowClient, name: str, run_id: str, source: str) -> int | None:
@@ -179,12 +213,9 @@ def register(
     from mlflow.exceptions import MlflowException
 
     _check_name(name)
-    if not artifact_path or artifact_path.startswith("/"):
-        raise ValueError(
-            f"artifact_path must be a path inside the run such as 'model', got {artifact_path!r}"
-        )
+    _check_run(run_id, artifact_path)
     client = _client(config)
-    try:
+    with _mlflow_errors(config, f"register {name} from run {run_id}"):
         source, model_id = _source(client, run_id, artifact_path)
         existing = _find_version(client, name, run_id, source)
         if existing is not None:
@@ -198,12 +229,6 @@ def register(
             name, source, run_id=run_id, model_id=model_id, tags={k: str(v) for k, v in (tags or {}).items()}
         )
         client.set_registered_model_alias(name, CHALLENGER, version.version)
-    except MlflowException as error:
-        if _not_found(error):
-            raise ValueError(f"cannot register {name} from run {run_id}: {error.message}") from None
-        raise TrackingError(
-            f"MLflow at {redact(resolve_tracking_uri(config.tracking_uri))} failed: {error.message}"
-        ) from error
     return int(version.version)
 
 
@@ -240,7 +265,9 @@ def _load_mlflow_text(uri: str, tracking_uri: str | None) -> str:
 def stored_report(config: TrackingConfig, name: str, version: int) -> Any:
     """The evaluation report stored with a version (tag maskgan.report), or None."""
     _check_name(name)
-    return _stored_report(_client(config).get_model_version(name, str(version)).tags)
+    client = _client(config)
+    with _mlflow_errors(config, f"read {name} version {version}"):
+        return _stored_report(client.get_model_version(name, str(version)).tags)
 
 
 def _stored_report(tags: Mapping[str, str]) -> Any:
@@ -276,13 +303,27 @@ def promote(
     _check_name(name)
     gate = gate or default_gate(name)
     client = _client(config)
+    with _mlflow_errors(config, f"gate {name} version {version}"):
+        return _promote(client, config, name, version, gate, report, storage, dry_run)
+
+
+def _promote(
+    client: mlflow.MlflowClient,
+    config: TrackingConfig,
+    name: str,
+    version: int,
+    gate: GateConfig,
+    report: Mapping[str, Any] | str | None,
+    storage: StorageConfig | None,
+    dry_run: bool,
+) -> Decision:
     from mlflow.exceptions import MlflowException
 
     try:
         model_version = client.get_model_version(name, str(version))
     except MlflowException as error:
         if _not_found(error):
-            raise ValueError(f"{name} has no version {version} ({error.message})") from None
+            raise ValueError(f"{name} has no version {version}") from None
         raise
     version = int(model_version.version)
     champion = _alias_version(client, name, CHAMPION)

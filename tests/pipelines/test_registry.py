@@ -7,6 +7,7 @@ import json
 import os
 import re
 import shlex
+import socket
 
 import boto3
 import mlflow
@@ -215,6 +216,8 @@ def test_a_pyfunc_registers_and_loads_by_champion_alias(store, tmp_path):
         mlflow.set_tracking_uri(previous)
     with pytest.raises(ValueError, match="no logged model named 'nothing'"):
         register(config, "maskgan-editor", run.info.run_id, "nothing")
+    with pytest.raises(ValueError, match="artifact_path must be a relative path"):
+        register(config, "maskgan-editor", run.info.run_id, "../editor")
     with pytest.raises(ValueError, match="model name 'maskgan-gan' is not one of"):
         register(config, "maskgan-gan", run.info.run_id, "editor")
 
@@ -296,6 +299,12 @@ def test_help_examples_run_and_exit_codes(sqlite_uri, tmp_path, restore_env, cap
     assert "FAILED -- the evaluation failed: no parser weights" in capsys.readouterr().out
     assert promote_cli.cli([*base, "--version", "99", "--report", str(failed)]) == 1
     assert "has no version 99" in capsys.readouterr().err
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        closed = sock.getsockname()[1]
+    argv = ["--model", "maskgan-dmn", "--version", "1", "--mlflow-uri", f"http://127.0.0.1:{closed}"]
+    assert promote_cli.cli(argv) == 1
+    assert "not reachable" in capsys.readouterr().err
     for bad, message in (
         (["--floor", "parser/miou"], "--floor 'parser/miou' must be NAME=NUMBER"),
         (["--margin", "-1"], "gate.margin must be finite and >= 0"),
