@@ -240,7 +240,7 @@ def ray_dataset(
     verify: bool = True,
     flip: bool = False,
     seed: int = 0,
-    shuffle: bool = True,
+    shuffle: bool | None = None,
     shuffle_window: int = 4,
     start_epoch: int = 0,
     decode_batch_size: int = 32,
@@ -253,9 +253,13 @@ def ray_dataset(
     start_epoch, start_epoch + 1, ...: shard order, row order and flips are drawn per (seed, epoch)
     exactly as iter_batches(shuffle=shuffle, flip=flip, seed=seed, epoch=epoch) does. The order is
     reproducible only with preserve_order (set on this dataset; under Ray Train use ingest_options()).
-    A mismatching shard fails the read with ShardMismatchError naming it.
+    A mismatching shard fails the read with ShardMismatchError naming it. shuffle=None shuffles the
+    train split only, so validation reads the same rows in the same order every time.
     """
     import ray
+
+    if shuffle is None:
+        shuffle = split == "train"
 
     manifest = read_manifest(uri, storage_config)
     root = storage.resolve(uri, storage_config)
