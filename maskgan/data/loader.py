@@ -183,10 +183,14 @@ def iter_batches(
     """
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
+    if shuffle_window <= 0:
+        raise ValueError(f"shuffle_window must be positive, got {shuffle_window}")
     manifest = read_manifest(uri, storage_config)
     root = storage.resolve(uri, storage_config)
     shards = _check_split(manifest, split)
-    windows = augment.shard_windows(len(shards), shuffle_window, shuffle=shuffle, seed=seed, epoch=epoch)
+    # Unshuffled, a window of one shard gives the same order with a quarter of the memory.
+    window = shuffle_window if shuffle else 1
+    windows = augment.shard_windows(len(shards), window, shuffle=shuffle, seed=seed, epoch=epoch)
     draws = {"seed": seed, "epoch": epoch}
 
     def emit(rows: pa.Table) -> dict[str, torch.Tensor]:
@@ -258,8 +262,12 @@ def ray_dataset(
     """
     import ray
 
+    if shuffle_window <= 0:
+        raise ValueError(f"shuffle_window must be positive, got {shuffle_window}")
     if shuffle is None:
         shuffle = split == "train"
+    if not shuffle:
+        shuffle_window = 1  # same order; one read task per shard reads with more parallelism
 
     manifest = read_manifest(uri, storage_config)
     root = storage.resolve(uri, storage_config)
