@@ -113,8 +113,7 @@ def _ensure_synthetic(wanted: synthetic.SyntheticConfig, raw_uri: str) -> None:
         json.dump({"complete": True, "config": wanted_dict}, handle)
 
 
-def cli(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def build_parser() -> argparse.ArgumentParser:
     defaults = PipelineConfig()
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n", 2)[2],
@@ -140,6 +139,12 @@ def cli(argv: list[str] | None = None) -> int:
         default=defaults.image_size,
         help="synthetic JPEG px, at least --resolution (default: %(default)s)",
     )
+    return parser
+
+
+def cli(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    parser = build_parser()
     args = parser.parse_args(argv)
     try:
         config = PipelineConfig(
