@@ -101,8 +101,13 @@ def _ensure_synthetic(wanted: synthetic.SyntheticConfig, raw_uri: str) -> None:
             "move them away or choose another --workdir"
         )
     if record is not None:
-        changes = config_lib.differences(record["config"], wanted_dict) or ["an unfinished earlier run"]
-        print(f"[1/2] synthetic data at {raw_uri} differs ({'; '.join(changes)}): regenerating")
+        changes = config_lib.differences(record["config"], wanted_dict)
+        why = (
+            "is from an unfinished earlier run"
+            if not record["complete"]
+            else f"differs ({'; '.join(changes)})"
+        )
+        print(f"[1/2] synthetic data at {raw_uri} {why}: regenerating")
         shutil.rmtree(raw_uri)  # this job's own folder (it holds the record), never a person's
     os.makedirs(raw_uri, exist_ok=True)
     with open(record_path, "w") as handle:

@@ -59,7 +59,7 @@ def test_every_help_example_runs(tmp_path, ray_session, s3_server):
         "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
     }  # fmt: skip
     ran = []
-    for name, build_parser in PARSERS.items():
+    for build_parser in PARSERS.values():
         for example in help_examples(build_parser):
             command = [sys.executable, str(REPO / example[1])] + [
                 re.sub(r"^s3://bucket\b", f"s3://{bucket}", arg).replace("http://127.0.0.1:9000", s3_server)
