@@ -8,9 +8,11 @@ import json
 import os
 from pathlib import Path
 
+import pyarrow.fs as pafs
 import pytest
 from preprocess_helpers import assert_reconciles, tiny_config, write_raw
 
+from maskgan import storage
 from maskgan.data import defects, loader, output_dir, schema
 from maskgan.data.preprocess import OutputOutdated, PreprocessError, run
 from maskgan.storage import StorageError
@@ -167,20 +169,105 @@ def test_the_same_folders_spelled_differently_are_the_same_run(tmp_path, ray_ses
         assert again.skipped, (source, output)
 
 
-def test_the_manifest_is_the_last_write(tmp_path, ray_session):
+LOCAL_FILESYSTEM = pafs.LocalFileSystem
+
+
+class RecordingFileSystem(pafs.FileSystemHandler):
+    """The real local filesystem, recording every change the driver makes to it, in order."""
+
+    def __init__(self, changes: list[tuple[str, str]]):
+        self.fs, self.changes = LOCAL_FILESYSTEM(), changes
+
+    def get_type_name(self):
+        return "recording-local"
+
+    def normalize_path(self, path):
+        return self.fs.normalize_path(path)
+
+    def get_file_info(self, paths):
+        return self.fs.get_file_info(paths)
+
+    def get_file_info_selector(self, selector):
+        return self.fs.get_file_info(selector)
+
+    def create_dir(self, path, recursive):
+        self.fs.create_dir(path, recursive=recursive)
+
+    def delete_dir(self, path):
+        self.changes.append(("delete_dir", path))
+        self.fs.delete_dir(path)
+
+    def delete_dir_contents(self, path, missing_dir_ok=False):
+        self.changes.append(("delete_dir", path))
+        self.fs.delete_dir_contents(path, missing_dir_ok=missing_dir_ok)
+
+    def delete_root_dir_contents(self):
+        raise OSError("not in a test")
+
+    def delete_file(self, path):
+        self.changes.append(("delete", path))
+        self.fs.delete_file(path)
+
+    def move(self, src, dest):
+        self.changes.append(("write", dest))
+        self.fs.move(src, dest)
+
+    def copy_file(self, src, dest):
+        self.changes.append(("write", dest))
+        self.fs.copy_file(src, dest)
+
+    def open_input_stream(self, path):
+        return self.fs.open_input_stream(path)
+
+    def open_input_file(self, path):
+        return self.fs.open_input_file(path)
+
+    def open_output_stream(self, path, metadata):
+        self.changes.append(("write", path))
+        return self.fs.open_output_stream(path, metadata=metadata)
+
+    def open_append_stream(self, path, metadata):
+        self.changes.append(("write", path))
+        return self.fs.open_append_stream(path, metadata=metadata)
+
+
+@pytest.fixture
+def driver_changes(monkeypatch) -> list[tuple[str, str]]:
+    """What the driver writes and deletes, in order (shards come from Ray workers, not listed)."""
+    changes: list[tuple[str, str]] = []
+    recording = pafs.PyFileSystem(RecordingFileSystem(changes))
+    monkeypatch.setattr(storage.pafs, "LocalFileSystem", lambda: recording)
+    return changes
+
+
+def test_the_manifest_is_the_last_write(tmp_path, ray_session, driver_changes):
     raw, out = str(tmp_path / "raw"), tmp_path / "out"
     write_raw(raw, num_images=10)
-    (out / "train").mkdir(parents=True)
-    (out / LEFTOVER).write_bytes(b"half a shard")  # its removal must come before the commit too
-    (out / "val").mkdir()
-    (out / "val" / ".tmp-0123456789abcdef0123456789abcdef-part-deadbeef-00001-000.parquet").write_bytes(b"x")
-    manifest = run(tiny_config(raw, str(out))).manifest
-    assert_reconciles(manifest)
-    committed = (out / schema.MANIFEST_NAME).stat().st_mtime_ns
-    others = [p for p in out.rglob("*") if p.name != schema.MANIFEST_NAME]
-    assert {p.name for p in others} >= {"quarantine.jsonl", "preview.png", "train", "val"}
-    later = [str(p) for p in others if p.stat().st_mtime_ns > committed]  # files, and folders (deletes)
-    assert not later, f"written or deleted after the manifest: {later}"
+    temporary = out / "val" / ".tmp-0123456789abcdef0123456789abcdef-part-deadbeef-00001-000.parquet"
+    temporary.parent.mkdir(parents=True)
+    temporary.write_bytes(b"x")
+    (out / "train").mkdir()
+    (out / LEFTOVER).write_bytes(b"half a shard")
+    old = run(tiny_config(raw, str(out))).manifest
+    assert_reconciles(old)
+    manifest = str(out / schema.MANIFEST_NAME)
+    writes = [path for change, path in driver_changes if change == "write"]
+    assert writes[-1] == manifest  # the commit: the rename of the finished manifest into place
+    commit = driver_changes.index(("write", manifest))
+    before, after = driver_changes[:commit], driver_changes[commit + 1 :]
+    assert {("delete", str(out / LEFTOVER)), ("delete", str(temporary))} <= set(before)
+    assert {path for _, path in after} <= {str(out / output_dir.FAILED_QUARANTINE_NAME)}, after
+
+    # A replacement: the old run's shards go only after the new manifest is in place.
+    driver_changes.clear()
+    new = run(tiny_config(raw, str(out), jpeg_quality=80), overwrite=True).manifest
+    assert_reconciles(new)
+    commit = driver_changes.index(("write", manifest))
+    retired = {str(out / shard.path) for shard in old.shards}
+    deleted_after = {path for change, path in driver_changes[commit + 1 :] if change == "delete"}
+    assert retired <= deleted_after
+    assert not retired & {path for _, path in driver_changes[:commit]}
+    assert [path for change, path in driver_changes if change == "write"][-1] == manifest
 
 
 def test_leftovers_of_an_unfinished_run_are_removed_by_name(tmp_path, ray_session):
