@@ -18,7 +18,7 @@ from maskgan import storage
 from maskgan.data import schema
 from maskgan.data.celebamask import SPLITS
 from maskgan.data.preview import PREVIEW_NAME
-from maskgan.storage import Location
+from maskgan.storage import Location, StorageConfig
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,20 @@ def check_no_overlap(source_uri: str, output_uri: str) -> None:
             f"source {source_uri} ({source}) is {where} the output {output_uri} ({output}); the job "
             "would write into (or clean up) its own input. Choose an output outside the source."
         )
+
+
+def check_before_writing(source_uri: str, output_uri: str, storage_config: StorageConfig) -> Location:
+    """Overlap, buckets, reachability and a writable output: all refused before anything is touched.
+    Returns the output location."""
+    check_no_overlap(source_uri, output_uri)
+    output = storage.resolve(output_uri, storage_config)
+    source = storage.resolve(source_uri, storage_config)
+    storage.check_reachable(output)
+    storage.check_bucket(output, "output")
+    storage.check_writable(output)
+    storage.check_reachable(source)
+    storage.check_bucket(source, "source")
+    return output
 
 
 def _relative(output: Location, path: str) -> str:

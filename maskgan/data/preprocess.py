@@ -265,22 +265,6 @@ def normalised(config: PreprocessConfig) -> PreprocessConfig:
     )
 
 
-def _check_before_writing(config: PreprocessConfig) -> tuple[Location, Location]:
-    """Everything knowable without reading the data: overlap, buckets, reachability, writability."""
-    try:
-        output_dir.check_no_overlap(config.source_uri, config.output_uri)
-    except output_dir.OutputRefused as error:
-        raise PreprocessError(str(error)) from None
-    output = storage.resolve(config.output_uri, config.storage)
-    source = storage.resolve(config.source_uri, config.storage)
-    storage.check_reachable(output)
-    storage.check_bucket(output, "output")
-    storage.check_writable(output)
-    storage.check_reachable(source)
-    storage.check_bucket(source, "source")
-    return source, output
-
-
 def run(config: PreprocessConfig, overwrite: bool = False) -> PreprocessResult:
     """Run preprocessing; skips an identical finished run, refuses a different one unless overwrite.
 
@@ -289,7 +273,10 @@ def run(config: PreprocessConfig, overwrite: bool = False) -> PreprocessResult:
     """
     started = time.monotonic()
     config = normalised(config)
-    _, output = _check_before_writing(config)
+    try:  # everything knowable before reading the data
+        output = output_dir.check_before_writing(config.source_uri, config.output_uri, config.storage)
+    except output_dir.OutputRefused as error:
+        raise PreprocessError(str(error)) from None
     resolved = config_lib.to_dict(config)
     fingerprint = config_lib.fingerprint(config, exclude=NON_OUTPUT_FIELDS)
     existing = _existing_manifest(output, overwrite)
