@@ -102,19 +102,18 @@ def from_dict(cls: type[T], data: Mapping[str, Any], where: str = "") -> T:
     return cls(**kwargs)
 
 
+def _deep_update(base: dict, extra: Mapping) -> dict:
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
+            base[key] = _deep_update(dict(base[key]), value)
+        else:
+            base[key] = value
+    return base
+
+
 def merge(config: T, updates: Mapping[str, Any]) -> T:
     """Return a copy of `config` with nested `updates` applied (validation runs again)."""
-    current = to_dict(config, include_secrets=True)
-
-    def deep_update(base: dict, extra: Mapping) -> dict:
-        for key, value in extra.items():
-            if isinstance(value, Mapping) and isinstance(base.get(key), dict):
-                base[key] = deep_update(dict(base[key]), value)
-            else:
-                base[key] = value
-        return base
-
-    return from_dict(type(config), deep_update(current, updates))
+    return from_dict(type(config), _deep_update(to_dict(config, include_secrets=True), updates))
 
 
 def parse_override(text: str) -> dict[str, Any]:
@@ -124,7 +123,10 @@ def parse_override(text: str) -> dict[str, Any]:
     key, raw = text.split("=", 1)
     if not key or any(not part for part in key.split(".")):
         raise ValueError(f"override {text!r} has an empty key")
-    value = yaml.safe_load(raw) if raw != "" else ""
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError as error:
+        raise ValueError(f"override {text!r}: the value is not valid YAML ({error})") from None
     for part in reversed(key.split(".")):
         value = {part: value}
     return value
@@ -137,20 +139,34 @@ def load(
     overrides: Sequence[str] = (),
 ) -> T:
     """base (a preset) <- YAML file <- `--set` overrides, in that order."""
-    config = base
+    updates: dict[str, Any] = {}
     if yaml_path:
-        path = Path(yaml_path)
-        if not path.is_file():
-            raise ValueError(f"config file {path} does not exist")
-        data = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(data, Mapping):
-            raise ValueError(f"config file {path} must hold a mapping, got {type(data).__name__}")
-        config = merge(config, data)
+        updates = dict(read_yaml(yaml_path))
     for text in overrides:
-        config = merge(config, parse_override(text))
+        updates = _deep_update(updates, parse_override(text))
+    # Applied together, validated once: fields checked as a pair (both credentials) can come from
+    # two --set flags.
+    config = merge(base, updates)
     if not isinstance(config, cls):
         raise TypeError(f"expected {cls.__name__}, built {type(config).__name__}")
     return config
+
+
+def read_yaml(yaml_path: str | Path) -> Mapping[str, Any]:
+    """A YAML config file as a mapping; ValueError naming the file (and line) when it is not one."""
+    path = Path(yaml_path)
+    if not path.is_file():
+        raise ValueError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"{path} line {mark.line + 1}" if mark is not None else str(path)
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ValueError(f"config file {where}: not valid YAML ({problem})") from None
+    if not isinstance(data, Mapping):
+        raise ValueError(f"config file {path} must hold a mapping, got {type(data).__name__}")
+    return data
 
 
 def differences(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:

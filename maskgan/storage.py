@@ -100,6 +100,22 @@ def s3_filesystem(config: StorageConfig | None = None) -> pafs.S3FileSystem:
     return pafs.S3FileSystem(**kwargs)
 
 
+def normalise_uri(uri: str) -> str:
+    """One spelling per place: local paths absolute, `..` and links resolved, no trailing slash;
+    s3://bucket/key with the key's `//`, `.` and `..` collapsed. Equal places give equal strings."""
+    if not uri:
+        raise ValueError("storage URI is empty; give a local path or s3://bucket/prefix")
+    if is_s3_uri(uri):
+        parsed = urlparse(uri)
+        if not parsed.netloc:
+            raise ValueError(f"S3 URI {uri!r} has no bucket; expected s3://bucket/prefix")
+        key = posixpath.normpath("/" + parsed.path).lstrip("/")
+        return f"s3://{parsed.netloc}/{key}".rstrip("/")
+    if "://" in uri and not uri.startswith("file://"):
+        raise ValueError(f"unsupported storage URI {uri!r}; use a local path or s3://bucket/prefix")
+    return os.path.realpath(os.path.abspath(os.path.expanduser(uri.removeprefix("file://"))))
+
+
 def resolve(uri: str, config: StorageConfig | None = None) -> Location:
     """URI -> Location. `s3://bucket/prefix` gives an S3 filesystem; anything else a local one."""
     if not uri:
@@ -134,6 +150,45 @@ def check_reachable(location: Location) -> None:
         location.fs.get_file_info(location.path)
     except (OSError, pa.ArrowException) as error:
         raise _describe(location, "reach", error) from None
+
+
+def check_bucket(location: Location, role: str) -> None:
+    """For s3:// locations: raise StorageError saying that the `role` ("source", "output") bucket is
+    missing, rather than letting a missing bucket read as an empty folder."""
+    if not location.is_s3:
+        return
+    bucket = location.path.split("/", 1)[0]
+    try:
+        missing = location.fs.get_file_info(bucket).type == pafs.FileType.NotFound
+    except (OSError, pa.ArrowException) as error:
+        raise _describe(location, "reach", error) from None
+    if missing:
+        raise StorageError(
+            f"the {role} bucket s3://{bucket} does not exist (for {location.uri}); create it, "
+            "or check the bucket name and the endpoint (storage.endpoint_url / AWS_ENDPOINT_URL)"
+        )
+
+
+def check_writable(location: Location) -> None:
+    """For local locations: raise StorageError unless a file can be created at or above the folder
+    (a probe file is created and removed again; nothing else is written)."""
+    if location.is_s3:
+        return  # S3 permissions show only on the first PUT; the bucket check is what can be said early
+    existing = location.path
+    while not os.path.isdir(existing) and os.path.dirname(existing) != existing:
+        if os.path.exists(existing):
+            raise StorageError(f"could not write {location.uri}: {existing} is a file, not a folder")
+        existing = os.path.dirname(existing)
+    probe = os.path.join(existing, f".tmp-{uuid.uuid4().hex}-probe")
+    try:
+        with open(probe, "wb"):
+            pass
+        os.remove(probe)
+    except OSError as error:
+        raise StorageError(
+            f"could not write {location.uri}: {existing} is not writable ({error.strerror}); "
+            "choose a writable output or fix its permissions"
+        ) from None
 
 
 def exists(location: Location) -> bool:
@@ -186,6 +241,16 @@ def list_files(location: Location, recursive: bool = True) -> list[pafs.FileInfo
     except (OSError, pa.ArrowException) as error:
         raise _describe(location, "list", error) from None
     return sorted((info for info in infos if info.type == pafs.FileType.File), key=lambda info: info.path)
+
+
+def delete_file(location: Location) -> None:
+    """Delete one file; nothing happens if it is absent."""
+    try:
+        location.fs.delete_file(location.path)
+    except FileNotFoundError:
+        pass
+    except (OSError, pa.ArrowException) as error:
+        raise _describe(location, "delete", error) from None
 
 
 def delete_dir(location: Location) -> None:

@@ -1,9 +1,10 @@
 """Write a small synthetic face dataset in the exact CelebAMask-HQ release layout (local path or s3://).
 
 Examples:
-  python pipelines/make_synthetic.py data/celebamask-hq --num-images 200
-  python pipelines/make_synthetic.py /tmp/tiny --tiny --num-images 16 --defect 3:truncated_jpeg
-  python pipelines/make_synthetic.py s3://bucket/raw --num-images 1000 --endpoint-url http://127.0.0.1:9000
+  python pipelines/make_synthetic.py data/CelebAMask-HQ --num-images 8
+  python pipelines/make_synthetic.py data/tiny --tiny --num-images 16 --defect 3:truncated_jpeg
+  python pipelines/make_synthetic.py s3://bucket/raw --num-images 8 --endpoint-url http://127.0.0.1:9000
+The first writes the release layout where pipelines/preprocess.py looks by default (data/CelebAMask-HQ).
 Credentials for s3:// come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, never from the command line.
 Exit status: 0 written; 1 writing failed (message says why); 2 bad arguments.
 """

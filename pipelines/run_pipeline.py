@@ -1,21 +1,33 @@
 """The main job on embedded defaults: synthetic CelebAMask-HQ -> Parquet shards (later: training).
 
-Everything stays under --workdir (default runs/quickstart): local Ray, local storage. Re-running
-reuses what is already finished (the synthetic data, an up-to-date preprocessing output).
+Examples:
+  python pipelines/run_pipeline.py
+  python pipelines/run_pipeline.py --workdir runs/small --num-images 16 --resolution 32
+Everything stays under --workdir (default runs/quickstart): local Ray, local storage. A rerun reuses
+what is finished and matches its flags; a different --num-images regenerates the synthetic data and a
+different --num-images or --resolution rebuilds the Parquet output.
+Exit status: 0 done; 1 failed (message says why); 2 bad arguments; 130 interrupted (rerun to continue).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
+import shutil
 import sys
 from dataclasses import dataclass
 
+from maskgan import config as config_lib
 from maskgan.data import synthetic
 from maskgan.data.celebamask import DecodeConfig
-from maskgan.data.preprocess import PreprocessConfig, PreprocessError, run
+from maskgan.data.preprocess import OutputOutdated, PreprocessConfig, PreprocessError, run
 from maskgan.storage import StorageError
+
+# Beside the synthetic data: the config it was made with ({"complete": bool, "config": {...}}).
+SYNTHETIC_RECORD = "synthetic-config.json"
+INTERRUPTED = "interrupted; rerun to continue"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -53,12 +65,7 @@ def main(config: PipelineConfig) -> PipelineResult:
         mask_size=config.mask_size,
         seed=config.seed,
     )
-    marker = os.path.join(raw_uri, synthetic.MAPPING_FILE)
-    if not os.path.exists(marker):
-        print(f"[1/2] writing {config.num_images} synthetic CelebAMask-HQ samples to {raw_uri}")
-        synthetic.write_dataset(synthetic_config, raw_uri)
-    else:
-        print(f"[1/2] synthetic dataset already at {raw_uri}")
+    _ensure_synthetic(synthetic_config, raw_uri)
     print(f"[2/2] preprocessing {raw_uri} -> {parquet_uri} on Ray Data")
     preprocess_config = PreprocessConfig(
         source_uri=raw_uri,
@@ -67,27 +74,88 @@ def main(config: PipelineConfig) -> PipelineResult:
         shard_target_mb=0.5,
         batch_size=8,
     )
-    result = run(preprocess_config)
+    try:
+        result = run(preprocess_config)
+    except OutputOutdated as outdated:
+        # The workdir is this job's own: what it holds from other flags is rebuilt, not refused.
+        print(f"[2/2] rebuilding: {outdated.reason}")
+        result = run(preprocess_config, overwrite=True)
     print(result.summary())
     return PipelineResult(raw_uri, result.output_uri, result.manifest_uri)
 
 
-def cli(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def _ensure_synthetic(wanted: synthetic.SyntheticConfig, raw_uri: str) -> None:
+    """Generate the synthetic data unless the folder holds a complete set made with `wanted`."""
+    record_path = os.path.join(raw_uri, SYNTHETIC_RECORD)
+    wanted_dict = config_lib.to_dict(wanted)
+    record = None
+    if os.path.exists(record_path):
+        with open(record_path) as handle:
+            record = json.load(handle)
+    if record == {"complete": True, "config": wanted_dict}:
+        print(f"[1/2] synthetic dataset already at {raw_uri}")
+        return
+    if record is None and os.path.isdir(raw_uri) and os.listdir(raw_uri):
+        raise PreprocessError(
+            f"{raw_uri} holds files without {SYNTHETIC_RECORD}, so this job did not write them; "
+            "move them away or choose another --workdir"
+        )
+    if record is not None:
+        changes = config_lib.differences(record["config"], wanted_dict)
+        why = (
+            "is from an unfinished earlier run"
+            if not record["complete"]
+            else f"differs ({'; '.join(changes)})"
+        )
+        print(f"[1/2] synthetic data at {raw_uri} {why}: regenerating")
+        shutil.rmtree(raw_uri)  # this job's own folder (it holds the record), never a person's
+    os.makedirs(raw_uri, exist_ok=True)
+    with open(record_path, "w") as handle:
+        json.dump({"complete": False, "config": wanted_dict}, handle)
+    print(f"[1/2] writing {wanted.num_images} synthetic CelebAMask-HQ samples to {raw_uri}")
+    synthetic.write_dataset(wanted, raw_uri)
+    with open(record_path, "w") as handle:
+        json.dump({"complete": True, "config": wanted_dict}, handle)
+
+
+def build_parser() -> argparse.ArgumentParser:
     defaults = PipelineConfig()
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n", 2)[2],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
     parser.add_argument(
         "--workdir", default=defaults.workdir, help="where everything goes (default: %(default)s)"
     )
     parser.add_argument(
-        "--num-images", type=int, default=defaults.num_images, help="synthetic samples (default: %(default)s)"
+        "--num-images", type=int, default=defaults.num_images,
+        help="synthetic samples; a new value regenerates them and rebuilds the output (default: %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--seed", type=int, default=defaults.seed, help="synthetic data seed (default: %(default)s)"
     )
     parser.add_argument(
-        "--resolution", type=int, default=defaults.resolution, help="output px (default: %(default)s)"
+        "--resolution", type=int, default=defaults.resolution,
+        help="output px; a new value rebuilds the output (default: %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        default=defaults.image_size,
+        help="synthetic JPEG px, at least --resolution (default: %(default)s)",
     )
+    return parser
+
+
+def cli(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        config = PipelineConfig(workdir=args.workdir, num_images=args.num_images, resolution=args.resolution)
+        config = PipelineConfig(
+            workdir=args.workdir, num_images=args.num_images, resolution=args.resolution,
+            image_size=args.image_size, seed=args.seed,
+        )  # fmt: skip
     except ValueError as error:
         parser.error(str(error))
     try:
@@ -95,6 +163,9 @@ def cli(argv: list[str] | None = None) -> int:
     except (PreprocessError, StorageError) as error:
         print(f"pipeline failed: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(INTERRUPTED, file=sys.stderr)
+        return 130
     return 0
 
 

@@ -2,8 +2,9 @@
 
 Stages: list the raw tree on the driver (cheap: names only) -> Ray Data map tasks read, validate,
 merge and resize each sample -> a Datasink writes per-split shards and returns the quarantined
-rows -> the driver removes anything stale, writes quarantine.jsonl and finally manifest.json.
-A folder without manifest.json is, by contract, an incomplete run that the next run cleans up.
+rows -> the driver writes quarantine.jsonl, preview.png and finally manifest.json (the commit), then
+removes the shards of the run it replaced. A folder without manifest.json is an incomplete run; the
+next run removes its shards by name (output_dir.py says what the job may delete, and what it refuses).
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import dataclasses
 import functools
 import json
 import logging
-import posixpath
 import re
 import time
 import uuid
@@ -26,7 +26,7 @@ import pyarrow as pa
 from maskgan import config as config_lib
 from maskgan import labels, storage
 from maskgan.data import celebamask as raw
-from maskgan.data import schema
+from maskgan.data import output_dir, schema
 from maskgan.data.celebamask import BadSample, DecodeConfig
 from maskgan.data.listing import OFFICIAL_FRACTIONS, Listing, SourceError, scan_source
 from maskgan.data.preview import PREVIEW_NAME, write_preview
@@ -42,7 +42,7 @@ NON_OUTPUT_FIELDS = ("storage", "batch_size", "read_threads", "progress")
 class PreprocessConfig:
     """One preprocessing run: where from, where to, what a valid sample is, how to shard."""
 
-    source_uri: str = "data/celebamask-hq"
+    source_uri: str = "data/CelebAMask-HQ"  # what the authors' archive unpacks to
     output_uri: str = "data/celebamask-parquet"
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     image_encoding: schema.ImageEncoding = "jpeg"
@@ -73,8 +73,6 @@ class PreprocessConfig:
             raise ValueError("batch_size and read_threads must be positive")
         if not self.source_uri or not self.output_uri:
             raise ValueError("source_uri and output_uri must both be set")
-        if self.source_uri.rstrip("/") == self.output_uri.rstrip("/"):
-            raise ValueError("output_uri must differ from source_uri")
 
 
 def preprocess_512() -> PreprocessConfig:
@@ -102,6 +100,15 @@ PRESETS = {
 
 class PreprocessError(RuntimeError):
     """The run could not produce a complete output; the message says why and what to do."""
+
+
+class OutputOutdated(PreprocessError):
+    """A finished output is there but is not this run's (config, source or shards differ);
+    `overwrite=True` (--overwrite) rebuilds it. `reason` is the message without that advice."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
+        super().__init__(f"{reason}. Pass --overwrite to rebuild it, or choose another output_uri.")
 
 
 @dataclass(frozen=True)
@@ -244,7 +251,7 @@ def process_batch(batch: pa.Table, config: PreprocessConfig) -> pa.Table:
 # ---------------------------------------------------------------- the run (driver)
 
 
-def _existing_manifest(output: Location) -> schema.Manifest | None:
+def _existing_manifest(output: Location, overwrite: bool) -> schema.Manifest | None:
     location = output.join(schema.MANIFEST_NAME)
     text = storage.read_text_if_exists(location)
     if text is None:
@@ -252,19 +259,10 @@ def _existing_manifest(output: Location) -> schema.Manifest | None:
     try:
         return schema.Manifest.from_json(text)
     except (ValueError, KeyError, TypeError) as error:
-        raise PreprocessError(
-            f"{location.uri} exists but is unreadable ({error}); pass --overwrite to rebuild the output"
-        ) from None
-
-
-def _remove_outputs(output: Location) -> None:
-    """Delete everything a run writes (manifest first, so the output reads as incomplete at once)."""
-    for name in (schema.MANIFEST_NAME, schema.QUARANTINE_NAME, PREVIEW_NAME):
-        location = output.join(name)
-        if storage.exists(location):
-            location.fs.delete_file(location.path)
-    for split in raw.SPLITS:
-        storage.delete_dir(output.join(split))
+        if overwrite:  # its shards are then an unfinished run's leftovers, removed by name
+            log.warning("%s is unreadable (%s); replacing it", location.uri, error)
+            return None
+        raise OutputOutdated(f"{location.uri} exists but is unreadable ({error})") from None
 
 
 def _estimate_rows_per_shard(listing: Listing, config: PreprocessConfig) -> int:
@@ -288,14 +286,50 @@ def _ray_init() -> None:
         ray.init(log_to_driver=True, logging_level=logging.WARNING, include_dashboard=False)
 
 
+def summarise_reasons(quarantined: list[schema.QuarantineEntry], top: int = 3) -> str:
+    """The most common kinds of reason, each with one full example: '2 x <reason of one sample>'."""
+    # A kind is the reason with its numbers (ids, sizes, folders) blanked; the text shown is intact.
+    kinds = Counter(re.sub(r"\d+", "#", entry.reason) for entry in quarantined)
+    examples = {}
+    for entry in quarantined:
+        examples.setdefault(re.sub(r"\d+", "#", entry.reason), entry.reason)
+    return "; ".join(f"{count} x {examples[kind]}" for kind, count in kinds.most_common(top))
+
+
+def _check_bad_fraction(bad: list[schema.QuarantineEntry], num_input: int, config, where: str) -> None:
+    fraction = len(bad) / max(1, num_input)
+    if fraction > config.max_bad_fraction:
+        raise PreprocessError(
+            f"{len(bad)} of {num_input} samples ({fraction:.1%}) are bad, over "
+            f"max_bad_fraction={config.max_bad_fraction:.1%}; most common reasons: "
+            f"{summarise_reasons(bad)}. {where}; fix the source or raise --set max_bad_fraction=..."
+        )
+
+
+def normalised(config: PreprocessConfig) -> PreprocessConfig:
+    """The config with source and output spelled one way (absolute, `..` and links resolved)."""
+    return dataclasses.replace(
+        config,
+        source_uri=storage.normalise_uri(config.source_uri),
+        output_uri=storage.normalise_uri(config.output_uri),
+    )
+
+
 def run(config: PreprocessConfig, overwrite: bool = False) -> PreprocessResult:
-    """Run preprocessing; skips an identical finished run, refuses a different one unless overwrite."""
+    """Run preprocessing; skips an identical finished run, refuses a different one unless overwrite.
+
+    With overwrite the new run is built beside the finished one (new shard names), committed by
+    writing its manifest, and only then are the old shards removed: a failure keeps the old dataset.
+    """
     started = time.monotonic()
-    output = storage.resolve(config.output_uri, config.storage)
-    storage.check_reachable(output)
+    config = normalised(config)
+    try:  # everything knowable before reading the data
+        output = output_dir.check_before_writing(config.source_uri, config.output_uri, config.storage)
+    except output_dir.OutputRefused as error:
+        raise PreprocessError(str(error)) from None
     resolved = config_lib.to_dict(config)
     fingerprint = config_lib.fingerprint(config, exclude=NON_OUTPUT_FIELDS)
-    existing = _existing_manifest(output)
+    existing = _existing_manifest(output, overwrite)
     if existing is not None and not overwrite:
         if existing.config_fingerprint != fingerprint or existing.source_uri != config.source_uri:
             changes = config_lib.differences(
@@ -303,77 +337,52 @@ def run(config: PreprocessConfig, overwrite: bool = False) -> PreprocessResult:
                 {**resolved, "source_uri": config.source_uri},
             )
             changes = [c for c in changes if c.split(":")[0].split(".")[0] not in NON_OUTPUT_FIELDS]
-            raise PreprocessError(
+            raise OutputOutdated(
                 f"{output.uri} already holds a finished run with a different config "
-                f"({'; '.join(changes[:5])}). Pass --overwrite to replace it, or choose another output_uri."
+                f"({'; '.join(changes[:5])})"
             )
-
     try:
+        output_dir.check_split_folders(output, existing)
         listing = scan_source(
             config.source_uri, config.storage, config.hash_split_fractions, config.split_seed
         )
-    except SourceError as error:
+    except (SourceError, output_dir.OutputRefused) as error:
         raise PreprocessError(str(error)) from None
     if existing is not None and not overwrite:
-        if existing.source_fingerprint == listing.source_fingerprint:
-            log.info("%s is up to date (same config and source, manifest present): nothing to do", output.uri)
-            return PreprocessResult(
-                output.uri, output.join(schema.MANIFEST_NAME).uri, existing, True, time.monotonic() - started
+        if existing.source_fingerprint != listing.source_fingerprint:
+            raise OutputOutdated(
+                f"the source {config.source_uri} changed since {output.uri} was made from it (file names "
+                "or sizes differ)"
             )
-        raise PreprocessError(
-            f"the source {config.source_uri} changed since {output.uri} was made from it (file names or "
-            "sizes differ). Pass --overwrite to rebuild it, or choose another output_uri."
+        problem = output_dir.check_shards_present(output, existing)
+        if problem is not None:
+            raise OutputOutdated(f"{output.uri} is damaged: {problem}")
+        log.info("%s is up to date (same config and source, every shard present): nothing to do", output.uri)
+        return PreprocessResult(
+            output.uri, output.join(schema.MANIFEST_NAME).uri, existing, True, time.monotonic() - started
         )
+    _check_bad_fraction(
+        listing.quarantined, listing.num_input, config, "Found while listing, nothing was written"
+    )
     log.info(
         "found %d samples under %s (%d quarantined while listing, %d files ignored); split from %s",
         listing.num_input, config.source_uri, len(listing.quarantined), len(listing.ignored_files),
         listing.split_source,
     )  # fmt: skip
-    # No manifest (or overwrite): whatever is there is from an earlier, unfinished or replaced run.
-    _remove_outputs(output)
+
+    # The first write: what an unfinished run left (by name; a finished run's shards stay).
+    output_dir.remove_leftovers(output, keep=[shard.path for shard in existing.shards] if existing else [])
     storage.ensure_dir(output)
-
     run_id = uuid.uuid4().hex[:8]
-    shards: list[schema.ShardInfo] = []
-    quarantined = list(listing.quarantined)
-    if listing.rows:
-        rows_per_shard = _estimate_rows_per_shard(listing, config)
-        write_returns = _run_ray_pipeline(listing, config, run_id, rows_per_shard)
-        for result in write_returns:
-            shards += [schema.ShardInfo(**shard) for shard in result["shards"]]
-            quarantined += [
-                schema.QuarantineEntry(id=q["id"], reason=q["reason"], files=tuple(q["files"]))
-                for q in result["quarantined"]
-            ]
-    shards.sort(key=lambda shard: (raw.SPLITS.index(shard.split), shard.path))
-    quarantined.sort(key=lambda entry: entry.id)
-
-    written = sum(shard.num_rows for shard in shards)
-    if written + len(quarantined) != listing.num_input:
-        raise PreprocessError(
-            f"row counts do not reconcile: {listing.num_input} in, {written} written, "
-            f"{len(quarantined)} quarantined; "
-            "the output is left without a manifest, rerun preprocess"
-        )
-    _check_no_stale_files(output, shards)
-    _write_quarantine(output, quarantined)
+    try:
+        shards, quarantined = _write_shards(listing, config, output, run_id, replacing=existing is not None)
+    except PreprocessError:
+        output_dir.remove_run(output, run_id)  # the finished run (if any) stays as it was
+        raise
+    _write_quarantine(output, quarantined, schema.QUARANTINE_NAME)
     if shards:  # a picture for people; not part of the contract, so written before the manifest
         write_preview(output, shards[0], config.image_encoding, config.decode.resolution)
-
-    bad_fraction = len(quarantined) / max(1, listing.num_input)
-    if bad_fraction > config.max_bad_fraction:
-        reasons = Counter(re.sub(r"\d+", "N", q.reason.split(";")[0])[:80] for q in quarantined).most_common(
-            3
-        )
-        raise PreprocessError(
-            f"{len(quarantined)} of {listing.num_input} samples ({bad_fraction:.1%}) are bad, over "
-            f"max_bad_fraction={config.max_bad_fraction:.1%}; most common reasons: "
-            + "; ".join(f"{count} x {reason}" for reason, count in reasons)
-            + f". See {output.join(schema.QUARANTINE_NAME).uri}; fix the source or raise "
-            "--set max_bad_fraction=..."
-            " (no manifest was written)."
-        )
-
+    written = sum(shard.num_rows for shard in shards)
     counts = {"input": listing.num_input, "written": written, "quarantined": len(quarantined)}
     counts.update({split: sum(s.num_rows for s in shards if s.split == split) for split in raw.SPLITS})
     counts["ignored_files"] = len(listing.ignored_files)
@@ -396,16 +405,48 @@ def run(config: PreprocessConfig, overwrite: bool = False) -> PreprocessResult:
         source_fingerprint=listing.source_fingerprint,
     )
     manifest_location = output.join(schema.MANIFEST_NAME)
-    storage.write_bytes(manifest_location, manifest.to_json().encode())  # last: marks the output complete
+    storage.write_bytes(manifest_location, manifest.to_json().encode())  # last write: the commit
+    # Committed: only now may the replaced run's shards go.
+    output_dir.retire(output, existing, manifest)
+    storage.delete_file(output.join(output_dir.FAILED_QUARANTINE_NAME))
     seconds = time.monotonic() - started
-    log.info(
-        "wrote %d rows in %d shards (%d quarantined) in %.1fs",
-        written,
-        len(shards),
-        len(quarantined),
-        seconds,
-    )
+    log.info("wrote %d rows in %d shards (%d quarantined) in %.1fs", written, len(shards), len(quarantined),
+             seconds)  # fmt: skip
     return PreprocessResult(output.uri, manifest_location.uri, manifest, False, seconds)
+
+
+def _write_shards(
+    listing: Listing, config: PreprocessConfig, output: Location, run_id: str, replacing: bool
+) -> tuple[list[schema.ShardInfo], list[schema.QuarantineEntry]]:
+    """Run the Ray pipeline; check that rows reconcile and that few enough were quarantined."""
+    shards: list[schema.ShardInfo] = []
+    quarantined = list(listing.quarantined)
+    if listing.rows:
+        rows_per_shard = _estimate_rows_per_shard(listing, config)
+        for result in _run_ray_pipeline(listing, config, run_id, rows_per_shard):
+            shards += [schema.ShardInfo(**shard) for shard in result["shards"]]
+            quarantined += [
+                schema.QuarantineEntry(id=q["id"], reason=q["reason"], files=tuple(q["files"]))
+                for q in result["quarantined"]
+            ]
+    shards.sort(key=lambda shard: (raw.SPLITS.index(shard.split), shard.path))
+    quarantined.sort(key=lambda entry: entry.id)
+    written = sum(shard.num_rows for shard in shards)
+    if written + len(quarantined) != listing.num_input:
+        raise PreprocessError(
+            f"row counts do not reconcile: {listing.num_input} in, {written} written, "
+            f"{len(quarantined)} quarantined; no manifest was written, rerun preprocess"
+        )
+    # A failed replacement keeps its list apart: the finished run's quarantine.jsonl stays its own.
+    name = output_dir.FAILED_QUARANTINE_NAME if replacing else schema.QUARANTINE_NAME
+    try:
+        _check_bad_fraction(
+            quarantined, listing.num_input, config, f"See {output.join(name).uri} (no manifest was written)"
+        )
+    except PreprocessError:
+        _write_quarantine(output, quarantined, name)
+        raise
+    return shards, quarantined
 
 
 def _run_ray_pipeline(
@@ -448,17 +489,6 @@ def _run_ray_pipeline(
     return list(sink.result.write_returns)
 
 
-def _check_no_stale_files(output: Location, shards: list[schema.ShardInfo]) -> None:
-    """Delete any Parquet file in the split folders that this run did not write."""
-    expected = {shard.path for shard in shards}
-    for split in raw.SPLITS:
-        for info in storage.list_files(output.join(split)):
-            relative = posixpath.relpath(info.path, output.path)
-            if relative not in expected:
-                log.warning("removing stale file %s", relative)
-                output.fs.delete_file(info.path)
-
-
-def _write_quarantine(output: Location, quarantined: list[schema.QuarantineEntry]) -> None:
+def _write_quarantine(output: Location, quarantined: list[schema.QuarantineEntry], name: str) -> None:
     lines = "".join(json.dumps(dataclasses.asdict(entry)) + "\n" for entry in quarantined)
-    storage.write_bytes(output.join(schema.QUARANTINE_NAME), lines.encode())
+    storage.write_bytes(output.join(name), lines.encode())

@@ -285,10 +285,14 @@ def write_dataset(
     samples, num_masks = [], 0
     bar = tqdm(total=config.num_images, desc=f"synthetic -> {root.uri}", unit="img", disable=not progress)
     with ThreadPoolExecutor(max_workers=num_workers) as pool, bar:
-        for sample, masks in pool.map(write_one, config.ids):
-            samples.append(sample)
-            num_masks += masks
-            bar.update(1)
+        try:
+            for sample, masks in pool.map(write_one, config.ids):
+                samples.append(sample)
+                num_masks += masks
+                bar.update(1)
+        except BaseException:  # Ctrl-C or a failed write: do not render the queued rest first
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
     texts = text_files(config, samples)
     for name in sorted(texts, key=lambda name: name == MAPPING_FILE):
         storage.write_bytes(root.join(name), texts[name].encode())

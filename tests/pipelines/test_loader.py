@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from preprocess_helpers import MASK_SIZE, tiny_config, write_raw
+from preprocess_helpers import MASK_SIZE, assert_reconciles, tiny_config, write_raw
 
 from maskgan.data import loader, schema, synthetic
 from maskgan.data.celebamask import DecodeConfig
@@ -26,6 +26,7 @@ def test_round_trip_pixels_and_labels(tmp_path, ray_session, encoding, tolerance
     decode = DecodeConfig(resolution=MASK_SIZE, mask_size=MASK_SIZE, fast_jpeg_decode=False)
     config = tiny_config(raw, str(tmp_path / "out"), image_encoding=encoding, decode=decode)
     manifest = run(config).manifest
+    assert_reconciles(manifest)
     assert manifest.image_encoding == encoding
     seen = 0
     for split in ("train", "val", "test"):
@@ -54,7 +55,7 @@ def test_round_trip_pixels_and_labels(tmp_path, ray_session, encoding, tolerance
 def test_ray_path_equals_direct_path(tmp_path, ray_session):
     raw = str(tmp_path / "raw")
     write_raw(raw, num_images=10)
-    run(tiny_config(raw, str(tmp_path / "out")))
+    assert_reconciles(run(tiny_config(raw, str(tmp_path / "out"))).manifest)
     direct = {
         int(i): (b["image"][j], b["label"][j])
         for b in loader.iter_batches(str(tmp_path / "out"), "train", 3)
@@ -74,7 +75,7 @@ def test_ray_path_equals_direct_path(tmp_path, ray_session):
 def test_shuffle_is_seeded_and_complete(tmp_path, ray_session):
     raw = str(tmp_path / "raw")
     write_raw(raw, num_images=12)
-    run(tiny_config(raw, str(tmp_path / "out")))
+    assert_reconciles(run(tiny_config(raw, str(tmp_path / "out"))).manifest)
 
     def order(seed):
         batches = loader.iter_batches(str(tmp_path / "out"), "train", 2, shuffle=True, seed=seed)
@@ -89,6 +90,7 @@ def test_tampered_shard_is_detected(tmp_path, ray_session):
     raw = str(tmp_path / "raw")
     write_raw(raw, num_images=4)
     manifest = run(tiny_config(raw, str(tmp_path / "out"))).manifest
+    assert_reconciles(manifest)
     shard = tmp_path / "out" / manifest.shards[0].path
     shard.write_bytes(shard.read_bytes()[:-1] + b"\x00")
     with pytest.raises(ValueError, match="does not match its manifest checksum"):

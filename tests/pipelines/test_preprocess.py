@@ -14,7 +14,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
-from preprocess_helpers import tiny_config, write_raw
+from preprocess_helpers import assert_reconciles, tiny_config, write_raw
 
 from maskgan.data import defects, loader, schema, synthetic
 from maskgan.data.preprocess import PreprocessError, run
@@ -32,6 +32,7 @@ def test_run_writes_shards_manifest_and_reconciles(tmp_path, ray_session):
     result = run(tiny_config(str(tmp_path / "raw"), str(tmp_path / "out")))
     manifest = result.manifest
     assert not result.skipped
+    assert_reconciles(manifest)
     assert (
         manifest.counts["input"] == 14
         and manifest.counts["written"] == 14
@@ -81,6 +82,7 @@ def test_hash_split_without_mapping_file(tmp_path, ray_session):
     write_raw(str(tmp_path / "raw"), num_images=10)
     (tmp_path / "raw" / synthetic.MAPPING_FILE).unlink()
     manifest = run(tiny_config(str(tmp_path / "raw"), str(tmp_path / "out"))).manifest
+    assert_reconciles(manifest)
     assert manifest.split_source == "hash of id (no mapping file)"
     assert manifest.counts["written"] == 10
     assert all(shard.num_rows > 0 for shard in manifest.shards)
@@ -110,6 +112,7 @@ def test_every_bad_input_is_quarantined_and_the_rest_lands(tmp_path, ray_session
 
     config = tiny_config(raw, str(tmp_path / "out"), max_bad_fraction=0.6)
     manifest = run(config).manifest
+    assert_reconciles(manifest)
     reasons = {entry.id: entry.reason for entry in manifest.quarantined}
     for kind, sample_id in bad_ids.items():
         assert sample_id in reasons, kind
@@ -158,6 +161,7 @@ def test_rerun_skips_refuses_or_overwrites(tmp_path, ray_session):
     write_raw(raw, num_images=6)
     config = tiny_config(raw, str(tmp_path / "out"))
     first = run(config)
+    assert_reconciles(first.manifest)
     before = parquet_files(tmp_path / "out")
     manifest_bytes = (tmp_path / "out" / schema.MANIFEST_NAME).read_bytes()
 
@@ -179,6 +183,7 @@ def test_rerun_skips_refuses_or_overwrites(tmp_path, ray_session):
     assert parquet_files(tmp_path / "out") == before
 
     replaced = run(changed, overwrite=True)
+    assert_reconciles(replaced.manifest)
     after = parquet_files(tmp_path / "out")
     assert not replaced.skipped and set(after).isdisjoint(before)  # no stale shard of the first run
     assert after == sorted(s.path for s in replaced.manifest.shards)
@@ -194,6 +199,7 @@ def test_leftovers_of_an_unfinished_run_are_removed(tmp_path, ray_session):
     (out / "val").mkdir()
     (out / "val" / "part-deadbeef-00001-000.parquet").write_bytes(b"stale")
     manifest = run(tiny_config(raw, str(out))).manifest
+    assert_reconciles(manifest)
     assert parquet_files(out) == sorted(s.path for s in manifest.shards)
     assert not any("deadbeef" in path for path in parquet_files(out))
 
@@ -221,6 +227,7 @@ def test_killed_run_leaves_no_manifest_and_next_run_is_clean(tmp_path):
     completed = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
     assert completed.returncode == 0, completed.stderr[-2000:]
     manifest = loader.read_manifest(str(out))
+    assert_reconciles(manifest)
     assert manifest.counts["written"] == 60
     assert parquet_files(out) == sorted(s.path for s in manifest.shards)
     ids = [

@@ -6,7 +6,7 @@ import dataclasses
 
 import boto3
 import pytest
-from preprocess_helpers import MASK_SIZE, tiny_config, write_raw
+from preprocess_helpers import MASK_SIZE, assert_reconciles, tiny_config, write_raw
 
 from maskgan.data import defects, loader, schema, synthetic
 from maskgan.data.preprocess import PreprocessError, run
@@ -26,6 +26,8 @@ def test_s3_run_matches_the_local_run(tmp_path, ray_session, s3_bucket):
     s3_result = run(tiny_config(raw_s3, out_s3, storage=storage_config, max_bad_fraction=0.2))
     local_result = run(tiny_config(str(tmp_path / "raw"), str(tmp_path / "out"), max_bad_fraction=0.2))
     assert s3_result.manifest.counts == local_result.manifest.counts
+    assert_reconciles(s3_result.manifest, storage_config)
+    assert_reconciles(local_result.manifest)
     assert [q.id for q in s3_result.manifest.quarantined] == [3]
 
     # The objects are really in the bucket, and the manifest was written.
@@ -64,6 +66,7 @@ def test_ray_dataset_reads_s3_shards_and_credentials_stay_secret(ray_session, s3
     )
     write_raw(f"{bucket_uri}/raw", num_images=8, storage_config=storage_config)
     manifest = run(tiny_config(f"{bucket_uri}/raw", f"{bucket_uri}/out", storage=storage_config)).manifest
+    assert_reconciles(manifest, storage_config)
     client = boto3.client("s3", endpoint_url=storage_config.endpoint_url, region_name="us-east-1")
     bucket = bucket_uri.removeprefix("s3://")
     text = client.get_object(Bucket=bucket, Key=f"out/{schema.MANIFEST_NAME}")["Body"].read().decode()
@@ -82,7 +85,34 @@ def test_unreachable_endpoint_fails_fast_with_a_fix(ray_session):
     assert "testing-secret-key" not in str(error.value)
 
 
-def test_missing_bucket_names_the_bucket(tmp_path, s3_server, aws_env):
-    config = StorageConfig(endpoint_url=s3_server)
-    with pytest.raises((StorageError, PreprocessError), match="s3://no-such-bucket/"):
-        run(tiny_config("s3://no-such-bucket/raw", f"{tmp_path}/out", storage=config))
+def test_missing_source_and_output_buckets_are_said_as_such(tmp_path, s3_bucket):
+    bucket_uri, storage_config = s3_bucket
+    write_raw(f"{bucket_uri}/raw", num_images=2, storage_config=storage_config)
+    with pytest.raises(StorageError, match=r"the source bucket s3://no-such-source does not exist"):
+        run(tiny_config("s3://no-such-source/raw", str(tmp_path / "out"), storage=storage_config))
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(StorageError, match=r"the output bucket s3://no-such-output does not exist"):
+        run(tiny_config(f"{bucket_uri}/raw", "s3://no-such-output/parquet", storage=storage_config))
+    client = boto3.client("s3", endpoint_url=storage_config.endpoint_url, region_name="us-east-1")
+    keys = {obj["Key"] for obj in client.list_objects_v2(Bucket=bucket_uri.removeprefix("s3://"))["Contents"]}
+    assert all(key.startswith("raw/") for key in keys)  # nothing written anywhere
+
+
+def test_s3_overwrite_keeps_a_persons_objects_and_retires_old_shards(s3_bucket):
+    bucket_uri, storage_config = s3_bucket
+    bucket = bucket_uri.removeprefix("s3://")
+    write_raw(f"{bucket_uri}/raw", num_images=6, storage_config=storage_config)
+    config = tiny_config(f"{bucket_uri}/raw", f"{bucket_uri}/out/", storage=storage_config)
+    old = run(config).manifest
+    client = boto3.client("s3", endpoint_url=storage_config.endpoint_url, region_name="us-east-1")
+    client.put_object(Bucket=bucket, Key="out/train/mine.txt", Body=b"a person's object")
+    with pytest.raises(PreprocessError, match=r"s3://.*/out/train/mine\.txt"):
+        run(dataclasses.replace(config, jpeg_quality=80), overwrite=True)
+    client.delete_object(Bucket=bucket, Key="out/train/mine.txt")
+    # The same output spelled differently is the same run.
+    assert run(dataclasses.replace(config, output_uri=f"{bucket_uri}//out/x/..")).skipped
+    new = run(dataclasses.replace(config, jpeg_quality=80), overwrite=True).manifest
+    assert_reconciles(new, storage_config)
+    keys = {obj["Key"] for obj in client.list_objects_v2(Bucket=bucket, Prefix="out/")["Contents"]}
+    assert {k for k in keys if k.endswith(".parquet")} == {f"out/{s.path}" for s in new.shards}
+    assert not {f"out/{s.path}" for s in old.shards} & keys
