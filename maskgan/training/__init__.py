@@ -1,0 +1,1 @@
+"""Training: one step module per stage (mask_vae, dmn, ebst), the stage-agnostic loop, Ray glue."""
