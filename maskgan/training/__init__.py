@@ -1,1 +1,5 @@
-"""Training: one step module per stage (mask_vae, dmn, ebst), the stage-agnostic loop, Ray glue."""
+"""Training: one step module per stage, the stage-agnostic loop, checkpoints and the Ray Train glue.
+
+Nothing is imported here: `maskgan.models.official` imports `maskgan.training.checkpoint`, and Ray Data
+workers must not pay for the stage modules.
+"""
