@@ -9,7 +9,6 @@ edited renders closer to the real image than at the start of EBST.
 from __future__ import annotations
 
 import pytest
-import torch
 from mask_vae_fixtures import one_thread
 
 from maskgan import config as config_lib
@@ -45,7 +44,7 @@ def test_dmn_reconstruction_l1_on_val_falls_3x(dmn_run):
 
 
 def test_dmn_uses_its_style_reference(dmn_run):
-    """|G(M, M', I') - G(M, M, I)| on val: the trained DMN's output follows the reference, the untrained one's barely."""
+    """Val mean abs(G(M, M', I') - G(M, M, I)): a trained DMN follows its reference, an untrained one barely."""
     before, stage, config = dmn_run
     after = val_metrics(stage, config)
     assert after["val/style_change"] >= max(5 * before["val/style_change"], 0.05), (before, after)
