@@ -44,7 +44,7 @@ def test_dmn_reconstruction_l1_on_val_falls_3x(dmn_run):
 
 
 def test_dmn_uses_its_style_reference(dmn_run):
-    """Val mean abs(G(M, M', I') - G(M, M, I)): a trained DMN follows its reference, an untrained one barely."""
+    """Val mean abs(G(M, M', I') - G(M, M, I)): a trained DMN follows its reference; an untrained, barely."""
     before, stage, config = dmn_run
     after = val_metrics(stage, config)
     assert after["val/style_change"] >= max(5 * before["val/style_change"], 0.05), (before, after)
