@@ -89,8 +89,9 @@ def ebst_tiny() -> EBSTTrainConfig:
         mask_vae=vae_models.mask_vae_tiny(),
         perceptual=PerceptualConfig(fallback="none"),
         losses=GANLossConfig(perceptual_weight=0.0, reconstruction_l1_weight=10.0),
-        # G and D fine-tune gently (they come trained from dmn_tiny); the fresh blender learns fast.
-        optimizer=OptimizerConfig(lr=2e-4, betas=(0.5, 0.999)),
+        # G and D fine-tune gently at the release's lr (they come trained from dmn_tiny); the fresh
+        # blender learns fast.
+        optimizer=OptimizerConfig(lr=5e-5, betas=(0.5, 0.999)),
         blender_optimizer=OptimizerConfig(lr=2e-3, betas=(0.5, 0.999)),
         partner_buffer_size=16,
         loop=LoopConfig(
