@@ -180,18 +180,22 @@ def _export_released(path: str, directory: str, config: DMNConfig | None) -> str
 
 @contextlib.contextmanager
 def _tracking(uri: str | None) -> Iterator[None]:
-    """Point MLflow's fluent API at uri for the block, then restore the previous URIs."""
+    """Point MLflow's fluent API (and so its registry, unless one is set apart) at uri for the block.
+
+    Restores the previous setting exactly, "unset" included (mlflow.get_tracking_uri() would return
+    a resolved default and pin it).
+    """
     if uri is None:
         yield
         return
-    previous, previous_registry = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    previous = tracking_utils._tracking_uri
     mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
     try:
         yield
     finally:
         mlflow.set_tracking_uri(previous)
-        mlflow.set_registry_uri(previous_registry)
 
 
 def _pip_requirements() -> list[str]:

@@ -63,6 +63,7 @@ def photo(size: tuple[int, int] = (32, 32), seed: int = 0) -> np.ndarray:
 
 def reference_output(generator, target: np.ndarray, mask: np.ndarray, image: np.ndarray) -> np.ndarray:
     """G(target, mask, image) on model-resolution arrays, as uint8 (H, W, 3): what the editor must return."""
+
     def hot(ids):
         return one_hot(torch.from_numpy(ids.astype(np.int64))[None])
 

@@ -35,7 +35,12 @@ def header_only_png(width: int, height: int) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0")) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0"))
+        + chunk(b"IEND", b"")
+    )
 
 
 def class_map(height: int = 6, width: int = 5) -> np.ndarray:
@@ -185,7 +190,9 @@ def test_class_index_above_18_is_refused_naming_value_and_place(source_kind):
     ids[4, 3] = 19
     ids[5, 0] = 200
     source = ids if source_kind == "array" else png_bytes(Image.fromarray(ids, "L"))
-    with pytest.raises(ValueError, match=r"class index 19 at \(x=3, y=4\) \(2 pixels with values \[19, 200\]\)"):
+    with pytest.raises(
+        ValueError, match=r"class index 19 at \(x=3, y=4\) \(2 pixels with values \[19, 200\]\)"
+    ):
         load_mask("mask", source, LIMITS)
 
 

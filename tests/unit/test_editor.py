@@ -236,7 +236,9 @@ def test_a_missing_checkpoint_names_the_uri(tmp_path):
 @pytest.mark.s3
 def test_loads_a_checkpoint_from_s3(s3_bucket):
     bucket, storage_config = s3_bucket
-    networks = write_tiny_checkpoint(f"{bucket}/runs/ebst/step_00000004", step=4, storage_config=storage_config)
+    networks = write_tiny_checkpoint(
+        f"{bucket}/runs/ebst/step_00000004", step=4, storage_config=storage_config
+    )
     editor = Editor.from_checkpoint(f"{bucket}/runs/ebst", storage_config)
     assert editor.source.step == 4
     image, mask, edited = photo(), face_mask(), face_mask(grow=2)
@@ -264,7 +266,9 @@ def test_released_generator_edits_like_the_release(tmp_path):
         return one_hot(torch.from_numpy(ids.astype(np.int64))[None])
 
     with torch.no_grad():
-        expected = released(hot(edited), hot(mask), torch.from_numpy(image).permute(2, 0, 1)[None] / 127.5 - 1)
+        expected = released(
+            hot(edited), hot(mask), torch.from_numpy(image).permute(2, 0, 1)[None] / 127.5 - 1
+        )
     expected = ((expected[0].clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
     assert expected.std() > 5
     out = np.asarray(editor.edit(image, mask, edited)).astype(int)
