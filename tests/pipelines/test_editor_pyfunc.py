@@ -1,4 +1,4 @@
-"""The editor pyfunc: logged into a run, registered, loaded by alias in a fresh process, right-sized output."""
+"""The editor pyfunc: logged, registered, loaded by alias in a fresh process, output of the right size."""
 
 from __future__ import annotations
 
