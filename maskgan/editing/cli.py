@@ -83,12 +83,9 @@ def load_editor(args: argparse.Namespace):
     if args.model.startswith(("models:/", "runs:/")):
         from maskgan.editing.pyfunc import load_editor_from_mlflow
 
-        editor = load_editor_from_mlflow(args.model, tracking_uri=args.tracking_uri, **common)
-        if args.parser:
-            from maskgan.editing.editor import load_parser
-
-            editor.parser = load_parser(args.parser).to(editor.device).eval()
-        return editor
+        return load_editor_from_mlflow(
+            args.model, tracking_uri=args.tracking_uri, parser=args.parser, **common
+        )
     if args.model.endswith((".pth", ".pt")):
         config = getattr(dmn, args.released_preset)()
         return Editor.from_released(args.model, config, parser=args.parser, **common)

@@ -284,6 +284,10 @@ def load_editor_from_mlflow(
     editor = model.unwrap_python_model().editor
     if limits is not None:
         editor.limits = limits
+    if isinstance(parser, str):
+        from maskgan.editing.editor import load_parser
+
+        parser = load_parser(parser)
     if parser is not None:
         editor.parser = parser.to(editor.device).eval()
     return editor

@@ -276,3 +276,22 @@ def test_released_generator_edits_like_the_release(tmp_path):
     # A released file of other widths than the preset is refused by name.
     with pytest.raises(ValueError, match="not a released MaskGAN GlobalGenerator"):
         Editor.from_released(path, dmn_tiny().__class__(**{**dmn_tiny().__dict__, "base_channels": 16}))
+
+
+@pytest.mark.s3
+def test_editor_bundle_exports_inference_weights_from_s3(s3_bucket, tmp_path):
+    from maskgan.editing.pyfunc import export_editor_bundle
+
+    bucket, storage_config = s3_bucket
+    networks = write_tiny_checkpoint(
+        f"{bucket}/ebst/step_00000003", step=3, ema=True, storage_config=storage_config
+    )
+    bundle = export_editor_bundle(f"{bucket}/ebst", str(tmp_path / "bundle"), storage_config)
+    assert sorted(p.name for p in (tmp_path / "bundle" / "weights").iterdir()) == [
+        "blender.pt", "generator.pt", "generator_ema.pt", "mask_vae.pt",
+    ]  # fmt: skip
+    editor = Editor.from_checkpoint(bundle)
+    assert editor.source.step == 3
+    image, mask, edited = photo(), face_mask(), face_mask(grow=2)
+    expected = reference_output(networks["generator_ema"], edited, mask, image)
+    assert np.abs(np.asarray(editor.edit(image, mask, edited)).astype(int) - expected).max() <= 1
