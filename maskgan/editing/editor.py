@@ -118,15 +118,24 @@ class Editor:
 
         def build(name: str, config_cls: type, model_cls: type, weights_name: str) -> nn.Module:
             model_config = config_lib.from_dict(config_cls, _network_config(meta, name, uri), name)
-            model = model_cls(model_config)
             state = checkpoint.load_weights(uri, weights_name, storage_config)
+            # Built on the meta device and given the loaded tensors: no random init of ~100 M
+            # parameters that the weights would overwrite anyway.
+            with torch.device("meta"):
+                model = model_cls(model_config)
             try:
-                model.load_state_dict(state, strict=True)
+                model.load_state_dict(state, strict=True, assign=True)
             except RuntimeError as error:
                 raise ValueError(
                     f"checkpoint {uri}: weights/{weights_name}.pt do not fit the {name} of its meta.json "
                     f"config: {str(error).splitlines()[0]}"
                 ) from None
+            left = [
+                key for key, value in [*model.named_parameters(), *model.named_buffers()] if value.is_meta
+            ]
+            if left:  # non-persistent buffers hold no weights: build those networks the ordinary way
+                model = model_cls(model_config)
+                model.load_state_dict(state, strict=True)
             return model
 
         generator = build("generator", DMNConfig, DenseMappingNetwork, generator_name)
