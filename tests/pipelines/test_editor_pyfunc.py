@@ -131,6 +131,7 @@ def test_registered_editor_loads_by_alias_in_a_fresh_process(tmp_path, tracking)
 
 def test_pyfunc_ops_inputs_and_errors(tmp_path, tracking):
     import mlflow
+    import pandas as pd
 
     uri, config = tracking
     checkpoint = str(tmp_path / "ckpt")
@@ -148,14 +149,15 @@ def test_pyfunc_ops_inputs_and_errors(tmp_path, tracking):
          "target_mask": encode_png(target)}
     )  # fmt: skip
     assert decode(style["output"][0]).size == (16, 24)
-    rows = [
-        {"op": "edit", "image": encode_png(photo()), "mask": encode_png(face_mask()),
-         "edited_mask": encode_png(face_mask(grow=2))},
-        {"op": "edit", "image": encode_png(photo()), "mask": encode_png(face_mask()),
-         "edited_mask": encode_png(face_mask(grow=2))},
-    ]  # fmt: skip
-    out = model.predict(rows)
-    assert len(out) == 2 and out["output"][0] == out["output"][1]
+    edit_row = {"op": "edit", "image": encode_png(photo()), "mask": encode_png(face_mask()),
+                "edited_mask": encode_png(face_mask(grow=2))}  # fmt: skip
+    style_row = {"op": "style_copy", "image": encode_png(reference), "mask": encode_png(face_mask()),
+                 "target_mask": encode_png(target)}  # fmt: skip
+    # Mixed ops in one DataFrame: the columns an op does not use are missing (NaN) in its row.
+    out = model.predict(pd.DataFrame([edit_row, style_row, edit_row]))
+    assert len(out) == 3 and out["output"][0] == out["output"][2]
+    assert out["output"][1] == style["output"][0]
+    assert decode(out["output"][0]).size == (32, 32)
     with pytest.raises(Exception, match="no face parser is loaded"):
         model.predict({"op": "parse", "image": encode_png(photo())})
     with pytest.raises(Exception, match="needs image, mask, edited_mask; missing edited_mask"):
