@@ -40,6 +40,17 @@ CONFIG_KEYS = {"generator": ("generator",), "blender": ("blender",), "mask_vae":
 
 
 @dataclass(frozen=True)
+class Request:
+    """Decoded, checked inputs of one editor call; Editor.run turns it into the output."""
+
+    op: str  # edit | style_copy | parse
+    image: np.ndarray  # (H, W, 3) uint8: the photo / the style reference
+    reference_mask: np.ndarray | None  # (H, W) uint8 class ids of `image`
+    target_mask: np.ndarray | None  # (H', W') uint8 class ids to draw (edited or target mask)
+    out_size: tuple[int, int]  # (width, height) of the output
+
+
+@dataclass(frozen=True)
 class LoadedFrom:
     """What an Editor was built from, for messages and the CLI."""
 
@@ -182,23 +193,35 @@ class Editor:
 
     def edit(self, image: Any, mask: Any, edited_mask: Any) -> Image.Image:
         """The image redrawn to follow edited_mask, in its own style: G(edited_mask, mask, image)."""
+        return self.run(self.prepare_edit(image, mask, edited_mask))
+
+    def style_copy(self, target_mask: Any, reference_image: Any, reference_mask: Any) -> Image.Image:
+        """A face drawn on target_mask in the style of reference_image; the output has target_mask's size."""
+        return self.run(self.prepare_style_copy(target_mask, reference_image, reference_mask))
+
+    def parse(self, image: Any) -> np.ndarray:
+        """(H, W) uint8 class ids of a face photo, from the loaded face parser, at the image's size."""
+        return self.run(self.prepare_parse(image))
+
+    def prepare_edit(self, image: Any, mask: Any, edited_mask: Any) -> Request:
+        """Decode and check an edit's inputs (every ValueError comes from here, before any tensor)."""
         rgb = load_image("image", image, self.limits)
         ids = load_mask("mask", mask, self.limits)
         edited = load_mask("edited_mask", edited_mask, self.limits)
         check_same_shape("image", size_of(rgb), "mask", size_of(ids))
         check_same_shape("mask", size_of(ids), "edited_mask", size_of(edited))
-        return self._generate(edited, ids, rgb).resize(size_of(rgb), Image.Resampling.BICUBIC)
+        return Request("edit", rgb, ids, edited, size_of(rgb))
 
-    def style_copy(self, target_mask: Any, reference_image: Any, reference_mask: Any) -> Image.Image:
-        """A face drawn on target_mask in the style of reference_image; the output has target_mask's size."""
+    def prepare_style_copy(self, target_mask: Any, reference_image: Any, reference_mask: Any) -> Request:
+        """Decode and check a style copy's inputs."""
         target = load_mask("target_mask", target_mask, self.limits)
         rgb = load_image("reference_image", reference_image, self.limits)
         ids = load_mask("reference_mask", reference_mask, self.limits)
         check_same_shape("reference_image", size_of(rgb), "reference_mask", size_of(ids))
-        return self._generate(target, ids, rgb).resize(size_of(target), Image.Resampling.BICUBIC)
+        return Request("style_copy", rgb, ids, target, size_of(target))
 
-    def parse(self, image: Any) -> np.ndarray:
-        """(H, W) uint8 class ids of a face photo, from the loaded face parser, at the image's size."""
+    def prepare_parse(self, image: Any) -> Request:
+        """Check that a parser is loaded, decode and check the photo."""
         if self.parser is None:
             raise ValueError(
                 f"no face parser is loaded in this editor ({self.source.kind} {self.source.uri}); pass "
@@ -206,16 +229,25 @@ class Editor:
                 "that bundles one"
             )
         rgb = load_image("image", image, self.limits)
+        return Request("parse", rgb, None, None, size_of(rgb))
+
+    def run(self, request: Request) -> Image.Image | np.ndarray:
+        """Run a prepared request: an RGB image (edit, style_copy) or (H, W) uint8 class ids (parse)."""
+        if request.op == "parse":
+            return self._parse(request.image, request.out_size)
+        out = self._generate(request.target_mask, request.reference_mask, request.image)
+        return out.resize(request.out_size, Image.Resampling.BICUBIC)
+
+    def _parse(self, rgb: np.ndarray, out_size: tuple[int, int]) -> np.ndarray:
         size = _parser_resolution(self.parser) or self.resolution
-        batch = self._image_tensor(rgb, size)
         with torch.inference_mode():
-            logits = self.parser(batch)  # (1, 19, size, size)
+            logits = self.parser(self._image_tensor(rgb, size))  # (1, 19, size, size)
         if logits.dim() != 4 or logits.shape[:2] != (1, NUM_CLASSES):
             raise ValueError(
                 f"the parser returned shape {tuple(logits.shape)}; expected (1, 19, H, W) logits"
             )
         ids = logits.argmax(dim=1)[0].to(torch.uint8).cpu().numpy()
-        return np.asarray(Image.fromarray(ids).resize(size_of(rgb), Image.Resampling.NEAREST))
+        return np.asarray(Image.fromarray(ids).resize(out_size, Image.Resampling.NEAREST))
 
     # ---------------------------------------------------------------------------------- tensors
 

@@ -27,7 +27,7 @@ import mlflow
 import numpy as np
 from PIL import Image
 
-from maskgan.editing.editor import Editor
+from maskgan.editing.editor import Editor, Request
 from maskgan.models.dmn import DMNConfig
 from maskgan.storage import StorageConfig
 
@@ -101,8 +101,8 @@ def _rows(model_input: Any) -> list[dict[str, Any]]:
     )
 
 
-def run_request(editor: Editor, row: dict[str, Any], index: int = 0) -> str:
-    """One input row -> its base64 PNG output (all decoding and checks before any tensor work)."""
+def prepare_request(editor: Editor, row: dict[str, Any], index: int = 0) -> Request:
+    """One input row -> a checked Request (ValueError naming the row and column on bad input)."""
     op = row.get("op")
     if op not in OPS:
         raise ValueError(f"row {index}: op {op!r} is not one of {', '.join(OPS)}")
@@ -110,11 +110,20 @@ def run_request(editor: Editor, row: dict[str, Any], index: int = 0) -> str:
     if missing:
         raise ValueError(f"row {index}: op {op!r} needs {', '.join(NEEDS[op])}; missing {', '.join(missing)}")
     data = {name: decode_base64(row[name], f"row {index} column {name!r}") for name in NEEDS[op]}
-    if op == "edit":
-        return encode_png(editor.edit(data["image"], data["mask"], data["edited_mask"]))
-    if op == "style_copy":
-        return encode_png(editor.style_copy(data["target_mask"], data["image"], data["mask"]))
-    return encode_png(editor.parse(data["image"]))
+    try:
+        if op == "edit":
+            return editor.prepare_edit(data["image"], data["mask"], data["edited_mask"])
+        if op == "style_copy":
+            return editor.prepare_style_copy(data["target_mask"], data["image"], data["mask"])
+        return editor.prepare_parse(data["image"])
+    except ValueError as error:
+        raise ValueError(f"row {index}: {error}") from None
+
+
+def run_requests(editor: Editor, rows: list[dict[str, Any]]) -> list[str]:
+    """Rows -> base64 PNG outputs; every row is decoded and checked before the first one runs."""
+    requests = [prepare_request(editor, row, index) for index, row in enumerate(rows)]
+    return [encode_png(editor.run(request)) for request in requests]
 
 
 class EditorModel(mlflow.pyfunc.PythonModel):
@@ -129,8 +138,7 @@ class EditorModel(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input, params=None):
         import pandas as pd
 
-        rows = _rows(model_input)
-        return pd.DataFrame({"output": [run_request(self.editor, row, i) for i, row in enumerate(rows)]})
+        return pd.DataFrame({"output": run_requests(self.editor, _rows(model_input))})
 
 
 def export_editor_bundle(

@@ -158,6 +158,13 @@ def test_pyfunc_ops_inputs_and_errors(tmp_path, tracking):
     assert len(out) == 3 and out["output"][0] == out["output"][2]
     assert out["output"][1] == style["output"][0]
     assert decode(out["output"][0]).size == (32, 32)
+    # A bad row anywhere refuses the whole request before the generator runs for any row.
+    calls = []
+    model.unwrap_python_model().editor.generator.register_forward_pre_hook(lambda *_: calls.append(1))
+    bad = {**edit_row, "mask": encode_png(face_mask((32, 30)))}
+    with pytest.raises(Exception, match="row 1: mask is 30 x 32 but image is 32 x 32"):
+        model.predict(pd.DataFrame([edit_row, bad]))
+    assert calls == []
     with pytest.raises(Exception, match="no face parser is loaded"):
         model.predict({"op": "parse", "image": encode_png(photo())})
     with pytest.raises(Exception, match="needs image, mask, edited_mask; missing edited_mask"):
