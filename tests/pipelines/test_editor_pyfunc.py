@@ -190,3 +190,45 @@ def test_editor_from_run_uses_its_model_or_its_checkpoint_tag(tmp_path, tracking
         pass
     with pytest.raises(ValueError, match="has no logged 'editor' model and no maskgan.checkpoint_uri tag"):
         Editor.from_run(empty.run_id, tracking_uri=uri)
+
+
+@pytest.mark.s3
+def test_editor_registered_on_an_mlflow_server_with_s3_artifacts(
+    mlflow_server, s3_bucket, tmp_path, monkeypatch
+):
+    import mlflow
+
+    bucket, storage_config = s3_bucket
+    # Tracker.start sets these process-wide; monkeypatch puts the old values back after the test.
+    process_env = {
+        "MLFLOW_S3_ENDPOINT_URL": storage_config.endpoint_url,
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+    }
+    for key, value in process_env.items():
+        monkeypatch.setenv(key, value)
+    checkpoint = f"{bucket}/runs/ebst/step_00000002"
+    networks = write_tiny_checkpoint(checkpoint, step=2, storage_config=storage_config)
+    config = TrackingConfig(
+        tracking_uri=mlflow_server, experiment="editor-s3", artifact_location=f"{bucket}/mlflow"
+    )
+    with Tracker.start(
+        config, run_key="srv", stage="ebst", params={}, tags={}, storage=storage_config
+    ) as tracker:
+        info = log_editor_model(
+            tracker, checkpoint, storage_config=storage_config, registered_model_name=NAME
+        )
+    mlflow.MlflowClient(mlflow_server).set_registered_model_alias(
+        NAME, "champion", info.registered_model_version
+    )
+    editor = Editor.load(f"models:/{NAME}@champion", tracking_uri=mlflow_server)
+    assert editor.source.step == 2
+    image, mask, edited = photo(), face_mask(), face_mask(grow=2)
+    expected = reference_output(networks["generator"], edited, mask, image)
+    assert np.abs(np.asarray(editor.edit(image, mask, edited)).astype(int) - expected).max() <= 1
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=storage_config.endpoint_url, region_name="us-east-1")
+    keys = [item["Key"] for item in client.list_objects_v2(Bucket=bucket.removeprefix("s3://"))["Contents"]]
+    assert any(key.startswith("mlflow/") and key.endswith("weights/generator.pt") for key in keys)
