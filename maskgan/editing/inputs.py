@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from maskgan.labels import CLASS_NAMES, COLORS, NUM_CLASSES
 
@@ -105,7 +105,8 @@ def load_image(name: str, source: Any, limits: InputLimits) -> np.ndarray:
     """Image input -> (H, W, 3) uint8 RGB. Transparent, 1-bit, 16-bit and float images are refused."""
     if isinstance(source, np.ndarray):
         return _image_array(name, source, limits)
-    image = open_image(name, source, limits)
+    # Phone photos store their rotation in EXIF; users see (and draw masks on) the rotated picture.
+    image = ImageOps.exif_transpose(open_image(name, source, limits))
     mode = image.mode
     if mode not in _CONVERTIBLE_MODES:
         raise ValueError(

@@ -82,6 +82,18 @@ def test_non_rgb_weirdness_is_refused_by_name(make, message):
         load_image("image", make(), LIMITS)
 
 
+def test_exif_orientation_is_applied_as_viewers_show_it():
+    rgb = np.zeros((30, 40, 3), np.uint8)  # stored 40 wide, 30 high
+    rgb[:, :20] = 200  # left half bright
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation 6: display rotated 90 degrees clockwise
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, "JPEG", exif=exif, quality=95)
+    out = load_image("image", buffer.getvalue(), LIMITS)
+    assert out.shape == (40, 30, 3)  # shown 30 wide, 40 high
+    assert out[:20].mean() > 150 and out[20:].mean() < 50  # the left half is now on top
+
+
 def test_opaque_rgba_is_accepted():
     out = load_image("image", Image.new("RGBA", (4, 3), (10, 20, 30, 255)), LIMITS)
     assert out.shape == (3, 4, 3) and tuple(out[0, 0]) == (10, 20, 30)
