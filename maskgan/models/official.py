@@ -9,6 +9,9 @@ import torch
 
 from maskgan.models.dmn import DenseMappingNetwork, DMNConfig, dmn_official_512
 
+# The one exception to the layering (models below training): checkpoint.py is the only torch.load.
+from maskgan.training.checkpoint import load_torch_file
+
 
 def released_key_map(config: DMNConfig) -> dict[str, str]:
     """Released GlobalGenerator state-dict key -> our DenseMappingNetwork key, for every parameter."""
@@ -104,7 +107,7 @@ def load_released_generator(
 ) -> DenseMappingNetwork:
     """Build a DMN (default: official_512) on CPU holding the weights of a released `latest_net_G.pth`."""
     config = dmn_official_512() if config is None else config
-    state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    state_dict = load_torch_file(path, weights_only=True, map_location="cpu")
     if not isinstance(state_dict, Mapping):
         raise ValueError(f"{os.fspath(path)} holds a {type(state_dict).__name__}, expected a state dict")
     return import_released_generator(DenseMappingNetwork(config), state_dict)

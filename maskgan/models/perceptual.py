@@ -29,6 +29,9 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
+# checkpoint.py is the only torch.load (the one upward import from models/, by design).
+from maskgan.training.checkpoint import load_torch_file
+
 logger = logging.getLogger(__name__)
 
 FEATURE_NAMES = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
@@ -171,7 +174,7 @@ def load_vgg19_state_dict(config: PerceptualConfig) -> dict[str, torch.Tensor]:
             f"VGG19 weights {config.weights!r} have sha256 {digest}, expected {config.sha256.lower()}; "
             "the file is corrupt or not the one configured"
         )
-    loaded = torch.load(path, map_location="cpu", weights_only=True)
+    loaded = load_torch_file(path, weights_only=True, map_location="cpu")
     return validate_vgg19_state_dict(loaded, source=config.weights)
 
 
