@@ -71,3 +71,15 @@ def s3_bucket(s3_server, request):
     client = boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1")
     client.create_bucket(Bucket=name)
     return f"s3://{name}", StorageConfig(endpoint_url=s3_server, region="us-east-1")
+
+
+@pytest.fixture(scope="session")
+def train_dataset(tmp_path_factory, ray_session):
+    """A tiny Parquet dataset made by the preprocessing job (32 px; 32 train, 4 val rows): training tests."""
+    from maskgan.data import preprocess
+    from tests.pipelines import preprocess_helpers
+
+    root = tmp_path_factory.mktemp("train-data")
+    preprocess_helpers.write_raw(str(root / "raw"), num_images=40)
+    result = preprocess.run(preprocess_helpers.tiny_config(str(root / "raw"), str(root / "parquet")))
+    return result.output_uri
