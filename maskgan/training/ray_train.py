@@ -267,12 +267,19 @@ def train_batches(
 
 
 def val_batches_fn(shard: Any, *, batch_size: int, num_batches: int, device) -> Callable[[], Iterator]:
+    """The first num_batches val batches, read once and kept: every validation scores the same
+    samples, and a Ray Data execution per validation would cost more than the validation itself."""
     from maskgan.data import loader
 
+    cache: list[dict[str, Any]] = []
+
     def batches() -> Iterator[dict[str, torch.Tensor]]:
-        for index, batch in enumerate(shard.iter_torch_batches(batch_size=batch_size, device="cpu")):
-            if index >= num_batches:
-                break
+        if not cache:
+            for index, batch in enumerate(shard.iter_torch_batches(batch_size=batch_size, device="cpu")):
+                if index >= num_batches:
+                    break
+                cache.append(batch)
+        for batch in cache:
             yield loader.to_torch(batch, device)
 
     return batches
@@ -282,15 +289,17 @@ def val_batches_fn(shard: Any, *, batch_size: int, num_batches: int, device) -> 
 
 
 def wrap_for_ddp(module: nn.Module, device: torch.device, world_size: int) -> nn.Module:
-    """BatchNorm -> SyncBatchNorm, then DDP; a no-op for one worker. Parameters are shared, not copied,
-    so optimisers built before wrapping keep working."""
+    """DDP around one network (each trained network is wrapped separately); a no-op for one worker.
+
+    BatchNorm -> SyncBatchNorm is the stage's business (MaskVAEStage.wrap converts on CUDA; torch's
+    SyncBatchNorm has no CPU kernel, so on CPU each worker normalises with its own batch statistics).
+    """
     if world_size <= 1:
         return module
     from torch.nn.parallel import DistributedDataParallel
 
-    module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
-    # broadcast_buffers=False: SyncBatchNorm keeps running stats equal on every rank already, and a
-    # buffer broadcast inside forward would make any forward on one rank only (validation) a hang.
+    # broadcast_buffers=False: a buffer broadcast inside forward would make any forward that runs on
+    # one rank only a hang; SyncBatchNorm (CUDA) keeps running statistics equal on every rank anyway.
     return DistributedDataParallel(
         module, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False
     )
@@ -422,6 +431,7 @@ def _worker(payload: dict[str, Any]) -> None:
             params=payload["params"],
             tags={**payload["tags"], **{f"maskgan.upstream.{k}": str(v) for k, v in upstream.items()}},
             storage=ray_config.storage,
+            allow_changed=_NOT_IN_RUN_KEY,  # a resumed run may be asked to train further
         )
     hooks = _Hooks(
         stage=stage,
@@ -479,7 +489,7 @@ class _Hooks:
         if self.rank == 0:
             from maskgan import tracking
 
-            self.tracker.log_image(tracking.image_grid(columns), f"images/step_{step:07d}.png", step)
+            self.tracker.log_image(tracking.image_grid(columns), "grid", step)
 
     def on_checkpoint(self, step: int) -> None:
         self.last_step = max(self.last_step, step)

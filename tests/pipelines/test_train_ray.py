@@ -15,7 +15,7 @@ import torch
 from maskgan import config as config_lib
 from maskgan.tracking import TrackingConfig
 from maskgan.training import checkpoint as ckpt
-from maskgan.training import dmn, mask_vae, ray_train
+from maskgan.training import mask_vae, ray_train
 
 
 def tiny(module, preset: str, data_uri: str, **loop):
@@ -28,7 +28,7 @@ def tiny(module, preset: str, data_uri: str, **loop):
 
 def ray_config(tmp_path, **kwargs) -> ray_train.RayTrainConfig:
     tracking = TrackingConfig(
-        tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", artifact_location=str(tmp_path / "mlartifacts")
+        tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", artifact_location=f"file://{tmp_path}/mlartifacts"
     )
     values = {"num_workers": 2, "cpus_per_worker": 0.5, "storage_uri": str(tmp_path / "runs"), "tracking": tracking}
     return ray_train.RayTrainConfig(**{**values, **kwargs})
@@ -80,6 +80,8 @@ def test_each_stage_trains_end_to_end_with_checkpoints_and_one_mlflow_run(tmp_pa
     vae = ray_train.train(tiny(mask_vae, "mask_vae_tiny", train_dataset), config)
     assert_checkpoint(vae, {"mask_vae"})
     assert_one_tracked_run(config.tracking, vae, stage="maskvae", loss_key="loss/total")
+
+    from maskgan.training import dmn
 
     gan = ray_train.train(tiny(dmn, "dmn_tiny", train_dataset), config)
     assert_checkpoint(gan, {"generator", "discriminator"})
