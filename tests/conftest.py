@@ -74,6 +74,59 @@ def s3_bucket(s3_server, request):
 
 
 @pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """A real `mlflow server` on 127.0.0.1 (SQLite backend, one worker, ~350 MB); yields its http URI."""
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    folder = tmp_path_factory.mktemp("mlflow-server")
+    port = _free_port()
+    uri = f"http://127.0.0.1:{port}"
+    command = [
+        sys.executable, "-m", "mlflow", "server",
+        "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
+        "--artifacts-destination", str(folder / "artifacts"),
+        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+    ]  # fmt: skip
+    # Job execution spawns extra processes (~2.5 GB in all); the tests need none of them.
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    log = open(folder / "server.log", "wb")  # noqa: SIM115 (closed at teardown)
+    # Its own session: teardown stops the server and the uvicorn worker it spawned, nothing else.
+    process = subprocess.Popen(command, cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT,
+                               start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"mlflow server exited ({process.returncode}): "
+                                   f"{(folder / 'server.log').read_text()[-2000:]}")  # fmt: skip
+            try:
+                with urllib.request.urlopen(uri + "/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"mlflow server did not answer on {uri} within 180 s")
+            time.sleep(0.5)
+        yield uri
+    finally:
+        import signal
+
+        try:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(timeout=20)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        log.close()
+
+
+@pytest.fixture(scope="session")
 def train_dataset(tmp_path_factory, ray_session):
     """A tiny Parquet dataset made by the preprocessing job (32 px; 32 train, 4 val rows): training tests."""
     from maskgan.data import preprocess

@@ -191,6 +191,10 @@ def _write_s3(location: storage.Location, files: dict[str, bytes], meta_text: st
             raise FileExistsError(f"a checkpoint already exists at {location.uri}; pass overwrite=True")
         # Drop the marker first: while the new files go up, the old checkpoint reads as incomplete.
         location.fs.delete_file(meta_location.path)
+        # No stale weights of networks the new checkpoint lacks. File by file: pyarrow's delete_dir
+        # would leave a marker object for the parent prefix behind.
+        for info in storage.list_files(location):
+            location.fs.delete_file(info.path)
     for name, data in files.items():
         storage.write_bytes(location.join(name), data)
     storage.write_bytes(meta_location, meta_text.encode())
@@ -290,3 +294,44 @@ def load_weights(
     if not isinstance(state_dict, dict):
         raise ValueError(f"{location.uri} holds a {type(state_dict).__name__}, expected a state dict")
     return state_dict
+
+
+def latest_checkpoint(
+    uri: str, storage_config: StorageConfig | None = None, *, stage: str | None = None, max_depth: int = 2
+) -> str | None:
+    """URI of the complete checkpoint with the highest step at uri or in folders below it, or None.
+
+    uri may be a checkpoint, a Ray Train run folder (checkpoint_* inside) or the storage root of runs
+    (max_depth levels down); stage keeps only that stage's checkpoints. Hidden folders (our temporary
+    ones, Ray's) are skipped.
+    """
+    location = storage.resolve(uri, storage_config)
+    if storage.exists(location.join(META_FILE)):
+        meta = read_meta(location.uri, storage_config)
+        return location.uri if stage is None or meta.get("stage") == stage else None
+    best: tuple[int, str] | None = None
+    for info in storage.list_files(location):
+        relative = os.path.relpath(info.path, location.path).replace(os.sep, "/")
+        parts = relative.split("/")
+        if parts[-1] != META_FILE or len(parts) - 1 > max_depth or any(p.startswith(".") for p in parts):
+            continue
+        candidate = location.join(*parts[:-1]).uri
+        meta = read_meta(candidate, storage_config)
+        if stage is not None and meta.get("stage") != stage:
+            continue
+        if best is None or (meta["step"], candidate) > best:
+            best = (meta["step"], candidate)
+    return None if best is None else best[1]
+
+
+def resolve_checkpoint(
+    uri: str, storage_config: StorageConfig | None = None, *, stage: str | None = None
+) -> str:
+    """latest_checkpoint, or FileNotFoundError naming the URI (and stage) when there is none."""
+    found = latest_checkpoint(uri, storage_config, stage=stage)
+    if found is None:
+        of_stage = f" of stage {stage!r}" if stage else ""
+        raise FileNotFoundError(
+            f"no complete checkpoint{of_stage} at or under {uri} (looked for {META_FILE} 2 levels down)"
+        )
+    return found

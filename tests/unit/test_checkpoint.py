@@ -204,6 +204,14 @@ def test_s3_round_trip_and_incomplete_upload(s3_bucket):
 
     with pytest.raises(FileExistsError, match=uri):
         write_checkpoint(uri, state, weights=weights, meta=META, storage_config=storage_config)
+    # Overwriting with fewer networks leaves no stale weights behind.
+    write_checkpoint(uri, state, weights={"G": weights["G"]}, meta={**META, "step": 9},
+                     storage_config=storage_config, overwrite=True)  # fmt: skip
+    # (pyarrow leaves empty "folder/" marker objects when it empties a prefix: not files, ignored.)
+    listing = client.list_objects_v2(Bucket=bucket)["Contents"]
+    keys = sorted(item["Key"] for item in listing if not item["Key"].endswith("/"))
+    assert keys == [prefix + name for name in ("meta.json", "state.pt", "weights/G.pt")]
+    assert read_meta(uri, storage_config)["step"] == 9
     client.delete_object(Bucket=bucket, Key=prefix + "meta.json")
     with pytest.raises(FileNotFoundError, match=f"{uri} has no meta.json"):
         load_checkpoint_uri(uri, storage_config)
@@ -264,3 +272,41 @@ def test_checkpoint_module_is_the_only_torch_save_and_load():
                     if "torch.save(" in text or "torch.load(" in text:
                         offenders.append(os.path.relpath(path, root))
     assert offenders == []
+
+
+def test_latest_checkpoint_picks_the_highest_complete_step(tmp_path):
+    run = tmp_path / "storage" / "dmn-key"
+    state, weights = tiny_training_state()
+    for step in (2, 10, 4):
+        write_checkpoint(str(run / f"checkpoint_{step}"), state, weights=weights, meta={**META, "step": step})
+    # An interrupted write (our hidden temporary folder still holding meta.json) and an incomplete one.
+    write_checkpoint(str(run / ".tmp-checkpoint_99"), state, weights=weights, meta={**META, "step": 99})
+    write_checkpoint(str(run / "checkpoint_50"), state, weights=weights, meta={**META, "step": 50})
+    os.remove(run / "checkpoint_50" / "meta.json")
+    other = tmp_path / "storage" / "maskvae-key" / "checkpoint_77"
+    write_checkpoint(str(other), state, weights=weights, meta={**META, "stage": "maskvae", "step": 77})
+
+    assert checkpoint.latest_checkpoint(str(run)) == str(run / "checkpoint_10")
+    assert checkpoint.latest_checkpoint(str(run / "checkpoint_4")) == str(run / "checkpoint_4")
+    assert checkpoint.resolve_checkpoint(str(tmp_path / "storage"), stage="dmn") == str(run / "checkpoint_10")
+    assert checkpoint.resolve_checkpoint(str(tmp_path / "storage")) == str(other)
+    assert checkpoint.latest_checkpoint(str(run / "checkpoint_4"), stage="ebst") is None
+    message = rf"no complete checkpoint of stage 'ebst' at or under {run.parent}"
+    with pytest.raises(FileNotFoundError, match=message):
+        checkpoint.resolve_checkpoint(str(tmp_path / "storage"), stage="ebst")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_state_round_trip(tmp_path):
+    torch.cuda.manual_seed_all(5)
+    net = nn.Linear(4, 3).cuda()
+    saved = rng_state()
+    first = torch.rand(3, device="cuda").tolist()
+    write_checkpoint(str(tmp_path / "c"), {"rng": saved, "net": net.state_dict()},
+                     weights={"G": net.state_dict()}, meta=META)  # fmt: skip
+    assert torch.load(tmp_path / "c" / "weights" / "G.pt", weights_only=True)["weight"].device.type == "cpu"
+    state, _ = load_checkpoint_uri(str(tmp_path / "c"), map_location="cuda")
+    assert state["net"]["weight"].is_cuda
+    set_rng_state(state["rng"])  # torch's CPU state arrives on CUDA here: it must still restore
+    assert torch.rand(3, device="cuda").tolist() == first
