@@ -66,7 +66,7 @@ class RayTrainConfig:
     num_to_keep: int | None = 2
     max_failures: int = 0
     placement_strategy: str = "PACK"
-    shuffle_buffer_rows: int = 64  # local shuffle window per worker (rows); 0 = no shuffle
+    shuffle_buffer_rows: int | None = None  # local shuffle rows per worker; None = 4 x batch, 0 = off
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def __post_init__(self) -> None:
@@ -88,7 +88,7 @@ class RayTrainConfig:
             raise ValueError(
                 f"placement_strategy must be one of {PLACEMENT_STRATEGIES}, got {self.placement_strategy!r}"
             )
-        if self.shuffle_buffer_rows < 0:
+        if self.shuffle_buffer_rows is not None and self.shuffle_buffer_rows < 0:
             raise ValueError(f"shuffle_buffer_rows must be >= 0, got {self.shuffle_buffer_rows}")
 
 
@@ -218,13 +218,18 @@ def check_dataset(data_config: Any) -> DatasetInfo:
     )
 
 
-def _build_datasets(data_config: Any) -> dict[str, Any]:
-    """Ray Datasets of decoded rows: the train split (split across workers) and val (whole, per worker)."""
+def _build_datasets(data_config: Any, *, seed: int, start_epoch: int) -> dict[str, Any]:
+    """Ray Datasets of decoded rows: train (split across workers; its first execution is epoch
+    start_epoch) and val (whole, per worker, manifest order, no flip)."""
     from maskgan.data import loader
 
-    datasets = {"train": loader.ray_dataset(data_config.uri, data_config.split, data_config.storage)}
+    train = loader.ray_dataset(
+        data_config.uri, data_config.split, data_config.storage,
+        flip=data_config.flip, seed=seed, shuffle=data_config.shuffle, start_epoch=start_epoch,
+    )  # fmt: skip
+    datasets = {"train": train}
     try:
-        datasets["val"] = loader.ray_dataset(data_config.uri, data_config.val_split, data_config.storage)
+        datasets["val"] = loader.ray_dataset(data_config.uri, data_config.val_split, data_config.storage, shuffle=False)
     except ValueError:
         pass  # an empty val split: the loop runs without validation
     return datasets
@@ -235,32 +240,39 @@ def steps_per_epoch(train_rows: int, world_size: int, batch_size: int) -> int:
     return (train_rows // world_size) // batch_size
 
 
-def epoch_seed(seed: int, epoch: int) -> int:
-    return (seed * 1_000_003 + epoch) % (2**32)
+def latest_checkpoint_step(run_uri: str, storage_config: StorageConfig | None = None) -> int:
+    """The step of the newest complete checkpoint (with meta.json) under a run folder; 0 if none."""
+    from maskgan.training import checkpoint as ckpt
+
+    location = storage.resolve(run_uri, storage_config)
+    steps = set()
+    for info in storage.list_files(location, recursive=True):
+        parent, name = os.path.split(info.path)
+        folder = os.path.basename(parent)
+        if name == ckpt.META_FILE and folder.startswith(CHECKPOINT_PREFIX):
+            steps.add(int(folder.removeprefix(CHECKPOINT_PREFIX)))
+    return max(steps, default=0)
 
 
 def train_batches(
-    shard: Any, *, batch_size: int, seed: int, start_step: int, per_epoch: int, shuffle_rows: int, device
+    shard: Any, *, batch_size: int, seed: int, start_step: int, per_epoch: int, shuffle_rows: int | None, device
 ) -> Iterator[dict[str, torch.Tensor]]:
-    """Endless batches for steps start_step+1, ...: epoch e is a pure function of (seed, e)."""
+    """Endless batches for steps start_step+1, ...: epoch e is a pure function of (seed, e); the
+    batches of the current epoch consumed before start_step are read again and skipped."""
     from maskgan.data import loader
 
     epoch, skip = divmod(start_step, per_epoch)
     while True:
         count = 0
-        for batch in shard.iter_torch_batches(
-            batch_size=batch_size,
-            drop_last=True,
-            local_shuffle_buffer_size=shuffle_rows or None,
-            local_shuffle_seed=epoch_seed(seed, epoch) if shuffle_rows else None,
-            device="cpu",
+        for batch in loader.train_batches(
+            shard, batch_size, device=device, seed=seed, epoch=epoch, shuffle_buffer=shuffle_rows
         ):
             count += 1
             if count > per_epoch:
                 break  # every worker runs the same number of steps per epoch
             if count <= skip:
-                continue  # consumed before the checkpoint this run resumed from
-            yield loader.to_torch(batch, device)
+                continue
+            yield batch
         if count < per_epoch:
             raise RuntimeError(f"epoch {epoch} gave {count} batches, expected {per_epoch}")
         epoch, skip = epoch + 1, 0
@@ -401,6 +413,10 @@ def _worker(payload: dict[str, Any]) -> None:
             ckpt.set_rng_state(rng_states[rank])
         else:  # another world size: a fresh, still deterministic stream per rank
             seed_everything(loop_config.seed + rank + 7919 * start_step)
+        if start_step // payload["steps_per_epoch"] != payload["start_epoch"]:
+            # The driver saw another newest checkpoint than Ray Train handed us (a crash between upload
+            # and registration): training goes on, but this epoch's order differs from an uninterrupted run.
+            logger.warning("resumed at step %d but the data starts at epoch %d", start_step, payload["start_epoch"])
     stage.wrap(lambda module: wrap_for_ddp(module, device, world_size))
 
     per_epoch = payload["steps_per_epoch"]
@@ -602,14 +618,16 @@ def train(stage_config: Any, ray_config: RayTrainConfig) -> TrainResult:
         "steps_per_epoch": per_epoch,
         "has_val": dataset.val_rows > 0,
     }
-    datasets = _build_datasets(stage_config.data)
+    start_epoch = latest_checkpoint_step(run_uri, ray_config.storage) // per_epoch
+    datasets = _build_datasets(stage_config.data, seed=loop_config.seed, start_epoch=start_epoch)
     payload["has_val"] = "val" in datasets
+    payload["start_epoch"] = start_epoch
 
     resources = {"CPU": ray_config.cpus_per_worker}
     if ray_config.use_gpu:
         resources["GPU"] = ray_config.gpus_per_worker
     storage_path, filesystem = _storage_for_ray(ray_config)
-    from ray.data import ExecutionOptions
+    from maskgan.data import loader
 
     trainer = TorchTrainer(
         _worker,
@@ -630,9 +648,7 @@ def train(stage_config: Any, ray_config: RayTrainConfig) -> TrainResult:
         ),
         datasets=datasets,
         # preserve_order makes the split of the train stream over workers deterministic (see module doc).
-        dataset_config=ray.train.DataConfig(
-            datasets_to_split=["train"], execution_options=ExecutionOptions(preserve_order=True)
-        ),
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"], execution_options=loader.ingest_options()),
     )
     result = trainer.fit()
     metrics = dict(result.metrics or {})
