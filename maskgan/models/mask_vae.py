@@ -11,6 +11,7 @@ import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -21,19 +22,24 @@ BOTTOM_SIZE = 4  # spatial size the encoder reduces to and the decoder starts fr
 LEAKY_SLOPE = 0.2
 ENCODER_BN_EPS = 1e-5  # the release keeps PyTorch's default in the encoder ...
 DECODER_BN_EPS = 1e-3  # ... and passes 1e-3 in the decoder
-EDIT_PARTNERS = ("batch", "prior")
+EDIT_PARTNERS = ("real", "prior")
+_PARTNER_ALIASES = {"batch": "real"}  # the earlier name of "real"
 
 
 @dataclass(frozen=True, kw_only=True)
 class EditSimulatorConfig:
-    """How `MaskVAE.simulate_edits` moves latents: alpha ~ U(alpha_range), toward / away from a partner.
+    """How `MaskVAE.simulate_edits` moves latents: z1 = mu + a1 d, z2 = mu - a2 d, d = z_partner - mu.
 
-    partner "batch": the other latent is the next sample's mu in the batch (a roll by 1; needs B >= 2).
-    partner "prior": the other latent is drawn from N(0, I) (works with batch 1, as the release trained).
+    a1, a2 ~ U(alpha_range), drawn independently. The range is our choice (the release read its
+    edited masks from disk and never said how they were made): up to half way to another face.
+    partner "real" (default): z_partner is the mu of another real mask: one of `partners` (e.g. an
+        EditPartnerBuffer of earlier batches) when given, else the next sample of the batch (a roll
+        by 1); at batch size 1 without partners it refuses. "batch" is accepted as its old name.
+    partner "prior": z_partner ~ N(0, I). Opt-in only: a prior draw is not a face the data holds.
     """
 
     alpha_range: tuple[float, float] = (0.1, 0.5)
-    partner: str = "batch"
+    partner: str = "real"
 
     def __post_init__(self) -> None:
         if not isinstance(self.alpha_range, tuple | list) or len(self.alpha_range) != 2:
@@ -44,6 +50,7 @@ class EditSimulatorConfig:
                 f"edit.alpha_range must satisfy 0 <= low <= high (finite), got {self.alpha_range!r}"
             )
         object.__setattr__(self, "alpha_range", (low, high))  # a YAML list becomes a tuple
+        object.__setattr__(self, "partner", _PARTNER_ALIASES.get(self.partner, self.partner))
         if self.partner not in EDIT_PARTNERS:
             raise ValueError(f"edit.partner must be one of {EDIT_PARTNERS}, got {self.partner!r}")
 
@@ -93,6 +100,61 @@ def mask_vae_base_256() -> MaskVAEConfig:
 def mask_vae_tiny() -> MaskVAEConfig:
     """32 px, 3 down blocks 16 -> 64 channels, 32-d latent (171,491 params): tests, smoke runs."""
     return MaskVAEConfig(image_size=32, base_channels=16, latent_dim=32)
+
+
+class EditedLatents(NamedTuple):
+    """`MaskVAE.edit_latents`: (B, latent_dim) latents and the (B,) edit magnitudes."""
+
+    mu: torch.Tensor  # the original masks' posterior means
+    partner: torch.Tensor  # the latent each edit moves toward (z_1) and away from (z_2)
+    z_1: torch.Tensor  # mu + alpha_1 (partner - mu)
+    z_2: torch.Tensor  # mu - alpha_2 (partner - mu)
+    alpha_1: torch.Tensor
+    alpha_2: torch.Tensor
+
+
+class EditPartnerBuffer:
+    """Ring buffer of recent real class maps: the edit partners of `simulate_edits` at any batch size.
+
+    Use: `edits = vae.simulate_edits(label, partners=buffer.masks(), generator=g)`, then
+    `buffer.push(label)`; prime it with one batch before the first step when the batch size is 1.
+    A sample meets itself only if it comes back while its earlier copy is still held (capacity
+    below the dataset size makes that rare); its edit is then the reconstruction.
+    """
+
+    def __init__(self, capacity: int = 64) -> None:
+        if capacity < 1:
+            raise ValueError(f"EditPartnerBuffer capacity must be >= 1, got {capacity}")
+        self.capacity = capacity
+        self._masks: torch.Tensor | None = None  # (N <= capacity, H, W) uint8, oldest first
+
+    def __len__(self) -> int:
+        return 0 if self._masks is None else self._masks.shape[0]
+
+    def masks(self) -> torch.Tensor | None:
+        """(N, H, W) int64 class maps held, or None while empty."""
+        return None if self._masks is None else self._masks.long()
+
+    def push(self, masks: torch.Tensor) -> None:
+        """Add (B, H, W) class maps or (B, C, H, W) one-hot; the oldest beyond capacity are dropped."""
+        if masks.dim() == 4:
+            masks = from_one_hot(masks)
+        if masks.dim() != 3 or masks.is_floating_point():
+            raise ValueError(f"EditPartnerBuffer.push expects (B, H, W) class maps, got {tuple(masks.shape)}")
+        masks = masks.detach().to(torch.uint8)  # 19 classes fit; a quarter of int64's memory
+        if self._masks is not None and self._masks.shape[1:] != masks.shape[1:]:
+            raise ValueError(
+                f"EditPartnerBuffer holds {tuple(self._masks.shape[1:])} masks, got {tuple(masks.shape[1:])}"
+            )
+        held = masks if self._masks is None else torch.cat([self._masks.to(masks.device), masks])
+        self._masks = held[-self.capacity :].clone()
+
+    def state_dict(self) -> dict:
+        return {"capacity": self.capacity, "masks": None if self._masks is None else self._masks.cpu()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.capacity = int(state["capacity"])
+        self._masks = None if state["masks"] is None else state["masks"].to(torch.uint8)
 
 
 class EncoderBlock(nn.Sequential):
@@ -216,39 +278,81 @@ class MaskVAE(nn.Module):
             return from_one_hot(self.decode(mu_a + alpha * (mu_b - mu_a)))
 
     @torch.no_grad()
+    def edit_latents(
+        self,
+        masks: torch.Tensor,
+        alpha_range: tuple[float, float] | None = None,
+        generator: torch.Generator | None = None,
+        partners: torch.Tensor | None = None,
+    ) -> EditedLatents:
+        """The latents behind `simulate_edits`: z1 = mu + a1 (z_p - mu), z2 = mu - a2 (z_p - mu).
+
+        masks: (B, H, W) class maps or (B, C, H, W) one-hot; partners: (P, ...) the same, masks of
+        OTHER real samples (e.g. `EditPartnerBuffer.masks()`); each sample takes one of them drawn
+        uniformly from `generator`. Without partners the batch rolled by one is used (B >= 2).
+        a1, a2 ~ U(alpha_range) independently, so the two edits differ in size as well as direction.
+        Draw order from `generator`: partner indices or prior noise, then a1, then a2.
+        """
+        edit = self.config.edit if alpha_range is None else replace(self.config.edit, alpha_range=alpha_range)
+        onehot = self._as_onehot(masks)
+        batch = onehot.shape[0]
+        with self._evaluating():  # BatchNorm running statistics: a sample's edit ignores the batch
+            mu, _ = self.encode(onehot)  # (B, latent_dim)
+            if edit.partner == "prior":
+                if partners is not None:
+                    raise ValueError(
+                        "simulate_edits got partners but edit.partner='prior' draws them from N(0, I); "
+                        "set edit.partner='real' to use the partner masks"
+                    )
+                partner = _standard_normal(mu.shape, mu, generator)
+            elif partners is not None:
+                partner_onehot = self._as_onehot(partners.to(onehot.device))
+                if partner_onehot.shape[0] < 1:
+                    raise ValueError("simulate_edits got an empty partners tensor; pass None instead")
+                partner_mu, _ = self.encode(partner_onehot)  # (P, latent_dim)
+                device = generator.device if generator is not None else mu.device
+                index = torch.randint(partner_mu.shape[0], (batch,), generator=generator, device=device)
+                partner = partner_mu[index.to(mu.device)]
+            elif batch >= 2:
+                partner = mu.roll(shifts=1, dims=0)
+            else:
+                raise ValueError(
+                    "simulate_edits at batch size 1 needs partners: masks of other real samples, e.g. "
+                    "EditPartnerBuffer.masks() of earlier batches (prime it before the first step); "
+                    "edit.partner='prior' (N(0, I) partners) is the opt-in alternative"
+                )
+            low, high = edit.alpha_range
+            alpha_1 = low + (high - low) * _uniform((batch, 1), mu, generator)  # (B, 1)
+            alpha_2 = low + (high - low) * _uniform((batch, 1), mu, generator)  # independent of alpha_1
+            direction = partner - mu
+            return EditedLatents(
+                mu=mu,
+                partner=partner,
+                z_1=mu + alpha_1 * direction,
+                z_2=mu - alpha_2 * direction,
+                alpha_1=alpha_1.squeeze(1),
+                alpha_2=alpha_2.squeeze(1),
+            )
+
+    @torch.no_grad()
     def simulate_edits(
         self,
         masks: torch.Tensor,
         alpha_range: tuple[float, float] | None = None,
         generator: torch.Generator | None = None,
+        partners: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """EBST edited-mask pair: z1 = mu + a (z_other - mu), z2 = mu - a (z_other - mu), a ~ U(range).
+        """EBST edited-mask pair M1, M2: `edit_latents` decoded, two (B, H, W) int64 class maps.
 
-        masks: (B, H, W) class maps or (B, C, H, W) one-hot. Returns two (B, H, W) int64 class maps.
-        Runs in eval mode (BatchNorm running statistics), so alpha 0 gives back `reconstruct(masks)`
-        and a sample's edit does not depend on the rest of the batch (beyond its partner).
+        masks: (B, H, W) class maps or (B, C, H, W) one-hot; partners: masks of other real samples
+        (required at batch size 1 unless edit.partner is "prior"). Runs in eval mode, so alpha 0
+        gives back `reconstruct(masks)`.
         """
-        edit = self.config.edit if alpha_range is None else replace(self.config.edit, alpha_range=alpha_range)
-        onehot = self._as_onehot(masks)
-        batch = onehot.shape[0]
-        if edit.partner == "batch" and batch < 2:
-            raise ValueError(
-                f"simulate_edits with edit.partner='batch' needs at least 2 masks, got {batch}; "
-                "use edit.partner='prior' for batch size 1"
-            )
+        latents = self.edit_latents(masks, alpha_range, generator, partners)
         with self._evaluating():
-            mu, _ = self.encode(onehot)  # (B, latent_dim)
-            if edit.partner == "batch":
-                other = mu.roll(shifts=1, dims=0)
-            else:
-                other = _standard_normal(mu.shape, mu, generator)
-            low, high = edit.alpha_range
-            uniform = _uniform((batch, 1), mu, generator)
-            alpha = low + (high - low) * uniform  # (B, 1)
-            direction = other - mu
             # Decoded separately, each with batch B, so alpha 0 reproduces reconstruct() bit for bit.
-            edited_1 = from_one_hot(self.decode(mu + alpha * direction))
-            edited_2 = from_one_hot(self.decode(mu - alpha * direction))
+            edited_1 = from_one_hot(self.decode(latents.z_1))
+            edited_2 = from_one_hot(self.decode(latents.z_2))
         return edited_1, edited_2
 
     def _as_onehot(self, masks: torch.Tensor) -> torch.Tensor:

@@ -5,18 +5,31 @@ so the published torchvision VGG19 weights (https://download.pytorch.org/models/
 either the whole model or its `features` part) load from a path or a file:// / http(s):// URL,
 checked against the configured sha256. torchvision itself is not needed.
 
-Without weights the extractor logs one warning and follows `fallback`:
-  "random": the same VGG19 with fixed-seed He-normal weights (torchvision's own init). Random conv
-            features still measure local structure and colour statistics, a known usable perceptual
-            proxy, so training runs keep a perceptual term with the right shapes and code path; its
+Without weights the extractor follows `fallback`:
+  "error":  refuse: raise ValueError naming where to get the weights. The 256 / 512 training presets
+            use this, because a perceptual loss on a random VGG is a different loss.
+  "random": log one warning and use the same VGG19 with fixed-seed He-normal weights (torchvision's
+            own init). Random conv features still measure local structure and colour statistics, so
+            tiny presets and tests keep a perceptual term with the right shapes and code path; its
             values are not comparable with the pretrained VGG loss.
-  "none":   forward returns no features and the perceptual loss is 0.
+  "none":   log one warning; forward returns no features and the perceptual loss is 0.
+`weights_source(config)` says which of "vgg19-weights" / "random" / "none" a config trains with
+(for run tags), raising the same error as the extractor for "error" without weights.
+
+Input: the release feeds [-1, 1] images to VGG19 as they are and tuned its layer weights (1/32 .. 1,
+x 10) for that, so `imagenet_normalize` is False by default. With True, images are mapped to
+ImageNet statistics, x' = ((x + 1) / 2 - mean) / std, which multiplies every image difference by
+1 / (2 std) (2.18, 2.23, 2.22 per channel, 2.21 on average); conv + ReLU stacks are positively
+homogeneous, so the feature L1 grows by about that factor (measured 2.2x). The features are then
+multiplied by `imagenet_feature_scale` (default 2 x mean(std) = 0.452), which rescales the loss
+weight so the released weights keep their meaning; set it to 1.0 for raw ImageNet-input features.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import re
 import shutil
@@ -35,7 +48,12 @@ from maskgan.training.checkpoint import load_torch_file
 logger = logging.getLogger(__name__)
 
 FEATURE_NAMES = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
-FALLBACKS = ("random", "none")
+FALLBACKS = ("error", "random", "none")
+WEIGHT_SOURCES = ("vgg19-weights", "random", "none")
+# torchvision's ImageNet VGG19 (the release's perceptual network); its file name holds the first
+# 8 hex digits of the file's sha256.
+TORCHVISION_VGG19_URL = "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth"
+TORCHVISION_VGG19_SHA256_PREFIX = "dcbb9e9d"
 # torchvision vgg19 "E" layout up to relu5_1: an int is a 3x3 conv's output channels, "M" a 2x2 max-pool.
 _LAYOUT = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512)
 # Index in torchvision's features Sequential of the ReLU that ends each slice (relu1_1 ... relu5_1).
@@ -44,6 +62,8 @@ _SLICE_ENDS = (1, 6, 11, 20, 29)
 _UNUSED_KEY = re.compile(r"^(classifier\..*|(30|32|34)\.(weight|bias))$")
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
+# ImageNet input multiplies image differences by 1 / (2 std); this undoes it on the features (module doc).
+IMAGENET_FEATURE_SCALE = 2.0 * sum(_IMAGENET_STD) / len(_IMAGENET_STD)  # 0.452
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -52,9 +72,10 @@ class PerceptualConfig:
 
     weights: str | None = None  # local path, file://..., http(s)://... of a torchvision VGG19 state dict
     sha256: str | None = None  # hex digest of the weights file; required with weights
-    fallback: str = "random"  # used only when weights is None: "random" or "none" (see module doc)
+    fallback: str = "random"  # used only when weights is None: "error", "random" or "none" (module doc)
     random_seed: int = 0  # seed of the "random" fallback's weights
-    imagenet_normalize: bool = True  # map [-1, 1] inputs to ImageNet statistics (the release did not)
+    imagenet_normalize: bool = False  # False = the release's [-1, 1] input; True = ImageNet statistics
+    imagenet_feature_scale: float = IMAGENET_FEATURE_SCALE  # feature factor with imagenet_normalize
     cache_dir: str | None = None  # where http(s) downloads are kept; None = torch hub's checkpoints dir
 
     def __post_init__(self) -> None:
@@ -72,6 +93,36 @@ class PerceptualConfig:
                 raise ValueError("perceptual.sha256 is required when perceptual.weights is set")
         if self.sha256 is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", self.sha256):
             raise ValueError(f"perceptual.sha256 must be 64 hex digits, got {self.sha256!r}")
+        if not (math.isfinite(self.imagenet_feature_scale) and self.imagenet_feature_scale > 0):
+            raise ValueError(
+                f"perceptual.imagenet_feature_scale must be finite and > 0, got {self.imagenet_feature_scale}"
+            )
+
+
+def weights_source(config: PerceptualConfig) -> str:
+    """Which VGG19 the perceptual term of a run with `config` uses: "vgg19-weights", "random" or "none".
+
+    Raises the missing-weights ValueError for fallback "error" without weights, so a driver can
+    refuse a run before starting workers.
+    """
+    if config.weights is not None:
+        return "vgg19-weights"
+    if config.fallback == "error":
+        raise ValueError(missing_weights_message())
+    return config.fallback
+
+
+def missing_weights_message() -> str:
+    """What to do when a preset needs real VGG19 weights and none are configured."""
+    return (
+        "this preset needs real VGG19 weights for its perceptual loss (perceptual.fallback='error'; "
+        "a perceptual loss on a random VGG is a different loss). Download torchvision's ImageNet VGG19, "
+        f"{TORCHVISION_VGG19_URL} (vgg19-dcbb9e9d.pth, the release's perceptual network), check that "
+        f"`sha256sum` of it begins with {TORCHVISION_VGG19_SHA256_PREFIX}, and set "
+        "perceptual.weights=<path or http(s)/file URL> perceptual.sha256=<its 64-hex sha256> "
+        "(e.g. --set ...perceptual.weights=... --set ...perceptual.sha256=...). For smoke runs only, "
+        "perceptual.fallback='random' uses a fixed-seed random VGG19 instead."
+    )
 
 
 class VGG19Features(nn.Module):
@@ -92,6 +143,7 @@ class VGG19Features(nn.Module):
         # (1, 3, 1, 1); not persistent, so the state dict holds exactly torchvision's keys.
         self.register_buffer("mean", torch.tensor(_IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(_IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.source = weights_source(config)  # raises for fallback "error" without weights
         self.enabled = True
         if config.weights is not None:
             self.load_state_dict(load_vgg19_state_dict(config), strict=True)
@@ -136,6 +188,8 @@ class VGG19Features(nn.Module):
                 x = self._modules[str(index)](x)
             features.append(x)
             start = end + 1
+        if self.config.imagenet_normalize and self.config.imagenet_feature_scale != 1.0:
+            features = [feature * self.config.imagenet_feature_scale for feature in features]
         return features
 
     def _init_random(self, seed: int) -> None:

@@ -11,6 +11,7 @@ from mask_vae_fixtures import face_masks, one_thread
 from maskgan.labels import NUM_CLASSES, one_hot
 from maskgan.losses import mask_vae_loss
 from maskgan.models.mask_vae import (
+    EditPartnerBuffer,
     EditSimulatorConfig,
     MaskVAE,
     MaskVAEConfig,
@@ -186,13 +187,119 @@ def test_simulate_edits_is_reproducible_and_keeps_the_mode(trained_vae, masks):
     assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
 
 
-def test_simulate_edits_partner_choice(trained_vae, masks):
-    with pytest.raises(ValueError, match="partner='prior'"):
+def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-row cosine similarity of two (B, D) tensors."""
+    return torch.nn.functional.cosine_similarity(a, b, dim=1)
+
+
+def test_edits_move_in_opposite_directions_toward_and_away_from_the_partner(trained_vae, masks):
+    latents = trained_vae.edit_latents(masks, generator=torch.Generator().manual_seed(0))
+    mu = latents.mu
+    step_1, step_2 = latents.z_1 - mu, latents.z_2 - mu
+    assert (step_1.norm(dim=1) > 0).all() and (step_2.norm(dim=1) > 0).all()
+    assert torch.allclose(cosine(step_1, step_2), torch.full((8,), -1.0), atol=1e-4), "anti-parallel"
+    toward = latents.partner - mu
+    assert torch.allclose(cosine(step_1, toward), torch.ones(8), atol=1e-4), "z1 moves toward the partner"
+    # Without partners, the partner of sample i is sample i - 1 of the batch (another real mask).
+    with trained_vae._evaluating():
+        batch_mu = trained_vae.encode(one_hot(masks))[0]
+    assert torch.allclose(mu, batch_mu, atol=1e-6)
+    assert torch.allclose(latents.partner, batch_mu.roll(1, dims=0), atol=1e-6)
+
+
+def test_edited_masks_decode_those_latents(trained_vae, masks):
+    edited_1, edited_2 = trained_vae.simulate_edits(masks, generator=torch.Generator().manual_seed(3))
+    latents = trained_vae.edit_latents(masks, generator=torch.Generator().manual_seed(3))
+    trained_vae.eval()
+    try:
+        assert torch.equal(edited_1, trained_vae.decode(latents.z_1).argmax(1))
+        assert torch.equal(edited_2, trained_vae.decode(latents.z_2).argmax(1))
+    finally:
+        trained_vae.train()
+
+
+def test_edit_toward_the_partner_looks_more_like_it(trained_vae, masks):
+    partner_masks = masks.roll(1, dims=0)
+    partner_reconstruction = trained_vae.reconstruct(partner_masks)
+    edited_1, edited_2 = trained_vae.simulate_edits(
+        masks, alpha_range=(0.6, 0.6), partners=partner_masks[:1].expand(8, -1, -1).contiguous()
+    )
+    # With one partner every sample moves toward / away from partner_masks[0].
+    target = partner_reconstruction[:1]
+    agree_1 = (edited_1 == target).float().mean().item()
+    agree_2 = (edited_2 == target).float().mean().item()
+    assert agree_1 > agree_2 + 0.02, (agree_1, agree_2)
+
+
+def test_edit_magnitudes_are_drawn_independently(trained_vae, masks):
+    many = masks.repeat(32, 1, 1)  # 256 samples
+    latents = trained_vae.edit_latents(
+        many, alpha_range=(0.1, 0.5), generator=torch.Generator().manual_seed(1)
+    )
+    direction = (latents.partner - latents.mu).norm(dim=1)
+    assert torch.allclose((latents.z_1 - latents.mu).norm(dim=1), latents.alpha_1 * direction, rtol=1e-4)
+    assert torch.allclose((latents.z_2 - latents.mu).norm(dim=1), latents.alpha_2 * direction, rtol=1e-4)
+    for alpha in (latents.alpha_1, latents.alpha_2):
+        assert alpha.min() >= 0.1 and alpha.max() <= 0.5
+    assert (latents.alpha_1 != latents.alpha_2).all()
+    correlation = torch.corrcoef(torch.stack([latents.alpha_1, latents.alpha_2]))[0, 1].item()
+    assert abs(correlation) < 0.2, correlation
+
+
+def test_batch_of_one_takes_its_partner_from_real_masks(trained_vae, masks):
+    with pytest.raises(ValueError, match="partners.*EditPartnerBuffer"):
         trained_vae.simulate_edits(masks[:1])
+    partners = masks[3:6]
+    latents = trained_vae.edit_latents(
+        masks[:1], partners=partners, generator=torch.Generator().manual_seed(2)
+    )
+    with trained_vae._evaluating():
+        partner_mu = trained_vae.encode(one_hot(partners))[0]
+    assert any(torch.allclose(latents.partner[0], row, atol=1e-6) for row in partner_mu), "a real partner"
+    step_1, step_2 = latents.z_1 - latents.mu, latents.z_2 - latents.mu
+    assert cosine(step_1, step_2).item() == pytest.approx(-1.0, abs=1e-4)
+    edited_1, edited_2 = trained_vae.simulate_edits(masks[:1], partners=partners)
+    assert edited_1.shape == edited_2.shape == (1, 32, 32)
+
+
+def test_partners_are_drawn_from_all_given_masks(trained_vae, masks):
+    partners = masks[:4]
+    latents = trained_vae.edit_latents(
+        masks.repeat(8, 1, 1), partners=partners, generator=torch.Generator().manual_seed(0)
+    )
+    with trained_vae._evaluating():
+        partner_mu = trained_vae.encode(one_hot(partners))[0]
+    used = {int(torch.cdist(row[None], partner_mu).argmin()) for row in latents.partner}
+    assert used == {0, 1, 2, 3}
+
+
+def test_prior_partner_is_opt_in(trained_vae, masks):
     prior = MaskVAE(replace(mask_vae_tiny(), edit=EditSimulatorConfig(partner="prior")))
     prior.load_state_dict(trained_vae.state_dict())
-    edited_1, edited_2 = prior.simulate_edits(masks[:1], alpha_range=(0.5, 0.5))
-    assert edited_1.shape == edited_2.shape == (1, 32, 32)
+    latents = prior.edit_latents(
+        masks[:1], alpha_range=(0.5, 0.5), generator=torch.Generator().manual_seed(0)
+    )
+    assert cosine(latents.z_1 - latents.mu, latents.z_2 - latents.mu).item() == pytest.approx(-1.0, abs=1e-4)
+    with pytest.raises(ValueError, match="partner='prior'"):
+        prior.simulate_edits(masks[:1], partners=masks[1:2])
+    assert EditSimulatorConfig().partner == "real" and EditSimulatorConfig(partner="batch").partner == "real"
+
+
+def test_partner_buffer_keeps_the_latest_masks_and_round_trips(masks):
+    buffer = EditPartnerBuffer(capacity=5)
+    assert len(buffer) == 0 and buffer.masks() is None
+    buffer.push(masks[:3])
+    buffer.push(one_hot(masks[3:6]))  # one-hot is accepted too
+    held = buffer.masks()
+    assert len(buffer) == 5 and held.dtype == torch.int64
+    assert torch.equal(held, masks[1:6]), "the oldest are dropped first"
+    again = EditPartnerBuffer(capacity=1)
+    again.load_state_dict(buffer.state_dict())
+    assert again.capacity == 5 and torch.equal(again.masks(), held)
+    with pytest.raises(ValueError, match="16, 16"):
+        buffer.push(torch.zeros(1, 16, 16, dtype=torch.int64))
+    with pytest.raises(ValueError, match="capacity"):
+        EditPartnerBuffer(capacity=0)
 
 
 def test_bad_inputs_raise(trained_vae, masks):
@@ -230,6 +337,7 @@ def test_config_validation_names_the_field(kwargs, field):
         ({"alpha_range": (0.1, float("inf"))}, "alpha_range"),
         ({"alpha_range": (0.1,)}, "alpha_range"),
         ({"partner": "random"}, "partner"),
+        ({"partner": "prior "}, "partner"),
     ],
 )
 def test_edit_config_validation_names_the_field(kwargs, field):

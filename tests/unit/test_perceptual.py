@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import http.server
@@ -16,7 +17,13 @@ import torch.nn.functional as F
 from mask_vae_fixtures import one_thread
 
 from maskgan.losses import perceptual_loss
-from maskgan.models.perceptual import PerceptualConfig, VGG19Features, expected_state_shapes
+from maskgan.models.perceptual import (
+    IMAGENET_FEATURE_SCALE,
+    PerceptualConfig,
+    VGG19Features,
+    expected_state_shapes,
+    weights_source,
+)
 
 # torchvision vgg19().features: 16 convs at these indices (3 after relu5_1, unused by the slices).
 TORCHVISION_CONVS = (0, 2, 5, 7, 10, 12, 14, 16, 19, 21, 23, 25, 28, 30, 32, 34)
@@ -202,20 +209,73 @@ def test_frozen_eval_and_gradient_reaches_the_input():
     assert all(parameter.grad is None for parameter in vgg.parameters())
 
 
-def test_inputs_are_mapped_to_imagenet_statistics(weights_file):
+def test_default_input_is_the_releases_and_imagenet_input_is_an_option(weights_file):
     path, digest, state = weights_file
     image = torch.rand(1, 3, 16, 16) * 2 - 1
+    first_layer = F.relu(F.conv2d(image, state["0.weight"], state["0.bias"], padding=1))
+    assert PerceptualConfig().imagenet_normalize is False
+    default = VGG19Features(PerceptualConfig(weights=str(path), sha256=digest))(image)[0]
+    assert torch.allclose(default, first_layer, atol=1e-5), "the release feeds [-1, 1] images as they are"
+
     mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
     std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
-    normalized = VGG19Features(PerceptualConfig(weights=str(path), sha256=digest))(image)[0]
-    expected = F.relu(F.conv2d(((image + 1) / 2 - mean) / std, state["0.weight"], state["0.bias"], padding=1))
-    assert torch.allclose(normalized, expected, atol=1e-5)
-    raw = VGG19Features(PerceptualConfig(weights=str(path), sha256=digest, imagenet_normalize=False))(image)[
-        0
-    ]
-    assert torch.allclose(
-        raw, F.relu(F.conv2d(image, state["0.weight"], state["0.bias"], padding=1)), atol=1e-5
-    )
+    normalized = ((image + 1) / 2 - mean) / std
+    imagenet_first = F.relu(F.conv2d(normalized, state["0.weight"], state["0.bias"], padding=1))
+    config = PerceptualConfig(weights=str(path), sha256=digest, imagenet_normalize=True)
+    assert config.imagenet_feature_scale == pytest.approx(2 * 0.226, abs=1e-3)
+    assert torch.allclose(VGG19Features(config)(image)[0], imagenet_first * IMAGENET_FEATURE_SCALE, atol=1e-5)
+    unscaled = dataclasses.replace(config, imagenet_feature_scale=1.0)
+    assert torch.allclose(VGG19Features(unscaled)(image)[0], imagenet_first, atol=1e-5)
+
+
+def test_imagenet_input_rescale_keeps_the_released_loss_magnitude():
+    # ImageNet statistics multiply image differences by 1 / (2 std) ~ 2.21; the feature scale undoes it.
+    generator = torch.Generator().manual_seed(0)
+    real = torch.rand(2, 3, 32, 32, generator=generator) * 2 - 1
+    fake = (F.avg_pool2d(real, 3, 1, 1) + 0.1 * torch.randn(real.shape, generator=generator)).clamp(-1, 1)
+
+    def loss(**kwargs) -> float:
+        vgg = VGG19Features(PerceptualConfig(**kwargs))
+        return perceptual_loss(vgg(fake), vgg(real)).item()
+
+    release = loss()
+    imagenet_raw = loss(imagenet_normalize=True, imagenet_feature_scale=1.0)
+    imagenet = loss(imagenet_normalize=True)
+    assert 1.8 < imagenet_raw / release < 2.7, "ImageNet input makes the term about 2.2x larger"
+    assert 0.85 < imagenet / release < 1.15, "the default rescale brings it back to the release's size"
+
+
+def test_error_fallback_refuses_without_weights_and_names_where_to_get_them(weights_file):
+    config = PerceptualConfig(fallback="error")  # a preset can say so before weights are --set
+    with pytest.raises(ValueError, match=r"vgg19-dcbb9e9d\.pth.*perceptual\.weights=") as error:
+        VGG19Features(config)
+    assert "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth" in str(error.value)
+    assert "ImageNet" in str(error.value)
+    with pytest.raises(ValueError, match="vgg19-dcbb9e9d"):
+        weights_source(config)
+    path, digest, _ = weights_file
+    with_weights = dataclasses.replace(config, weights=str(path), sha256=digest)
+    vgg = VGG19Features(with_weights)
+    assert vgg.enabled and vgg.source == weights_source(with_weights) == "vgg19-weights"
+
+
+@pytest.mark.parametrize(
+    ("fallback", "source", "enabled"), [("random", "random", True), ("none", "none", False)]
+)
+def test_weights_source_names_the_fallback_in_use(fallback, source, enabled):
+    config = PerceptualConfig(fallback=fallback)
+    vgg = VGG19Features(config)
+    assert weights_source(config) == vgg.source == source and vgg.enabled is enabled
+
+
+def test_real_side_gets_no_gradient_through_vgg():
+    vgg = VGG19Features(PerceptualConfig())
+    generator = torch.Generator().manual_seed(0)
+    fake = (torch.rand(1, 3, 16, 16, generator=generator) * 2 - 1).requires_grad_(True)
+    real = (torch.rand(1, 3, 16, 16, generator=generator) * 2 - 1).requires_grad_(True)
+    perceptual_loss(vgg(fake), vgg(real)).backward()
+    assert fake.grad is not None and fake.grad.abs().sum() > 0
+    assert real.grad is None, "real features are targets: the real image must get no gradient"
 
 
 def test_runs_under_bfloat16_autocast():
@@ -234,6 +294,8 @@ def test_runs_under_bfloat16_autocast():
         ({"weights": "/tmp/vgg.pth", "sha256": "abc"}, "sha256"),
         ({"weights": "s3://bucket/vgg.pth", "sha256": "a" * 64}, "scheme"),
         ({"weights": "", "sha256": "a" * 64}, "weights"),
+        ({"imagenet_feature_scale": 0.0}, "imagenet_feature_scale"),
+        ({"imagenet_feature_scale": float("nan")}, "imagenet_feature_scale"),
     ],
 )
 def test_config_validation_names_the_field(kwargs, field):
