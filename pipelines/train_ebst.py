@@ -26,17 +26,24 @@ from maskgan.training.ebst import PRESETS, EBSTTrainConfig
 
 # EBST config field -> (what it is, the upstream stage module)
 UPSTREAM = {"mask_vae_checkpoint": ("MaskVAE", mask_vae), "dmn_checkpoint": ("DMN", dmn)}
+FLAGS = {"mask_vae_checkpoint": "--mask-vae", "dmn_checkpoint": "--dmn"}
 
 
 def build_parser() -> argparse.ArgumentParser:
     description, _, examples = __doc__.partition("\n\n")
     parser = cli.build_parser(description, examples, PRESETS)
     parser.add_argument("--dmn", metavar="URI|mlflow:RUN", help="DMN checkpoint (sets dmn_checkpoint)")
-    parser.add_argument("--mask-vae", metavar="URI|mlflow:RUN", help="MaskVAE checkpoint (sets mask_vae_checkpoint)")
-    parser.add_argument("--with-upstream", action="store_true", help="train a missing DMN / MaskVAE first")
-    parser.add_argument("--dmn-preset", choices=sorted(dmn.PRESETS), help="upstream DMN preset (default: matches --preset)")
     parser.add_argument(
-        "--mask-vae-preset", choices=sorted(mask_vae.PRESETS), help="upstream MaskVAE preset (default: matches --preset)"
+        "--mask-vae", metavar="URI|mlflow:RUN", help="MaskVAE checkpoint (sets mask_vae_checkpoint)"
+    )
+    parser.add_argument("--with-upstream", action="store_true", help="train a missing DMN / MaskVAE first")
+    parser.add_argument(
+        "--dmn-preset", choices=sorted(dmn.PRESETS), help="upstream DMN preset (default: matches --preset)"
+    )
+    parser.add_argument(
+        "--mask-vae-preset",
+        choices=sorted(mask_vae.PRESETS),
+        help="upstream MaskVAE preset (default: matches --preset)",
     )
     parser.add_argument(
         "--upstream-set", action="append", default=[], metavar="KEY=VALUE",
@@ -50,7 +57,9 @@ def upstream_preset(ebst_preset: str, presets: dict) -> str:
     suffix = ebst_preset.removeprefix("ebst")
     matches = [name for name in presets if name.endswith(suffix)]
     if len(matches) != 1:
-        raise ValueError(f"no single upstream preset matches {ebst_preset!r} among {sorted(presets)}; name one")
+        raise ValueError(
+            f"no single upstream preset matches {ebst_preset!r} among {sorted(presets)}; name one"
+        )
     return matches[0]
 
 
@@ -72,8 +81,12 @@ def resolve_upstream(
         elif with_upstream:
             preset = (presets or {}).get(field) or upstream_preset(config_preset_name(config), module.PRESETS)
             overrides = [f"data.uri={config.data.uri}", *(upstream_overrides or [])]
-            upstream_config = config_lib.load(type(module.PRESETS[preset]()), module.PRESETS[preset](), None, overrides)
-            upstream_config = config_lib.merge(upstream_config, {"data": config_lib.to_dict(config.data, True)})
+            upstream_config = config_lib.load(
+                type(module.PRESETS[preset]()), module.PRESETS[preset](), None, overrides
+            )
+            upstream_config = config_lib.merge(
+                upstream_config, {"data": config_lib.to_dict(config.data, True)}
+            )
             print(f"EBST needs a {label}: training {preset} first (a finished run is reused)")
             result = ray_train.train(upstream_config, dataclasses.replace(ray_config, run_key=None))
             if not result.checkpoint_uri:
@@ -83,8 +96,8 @@ def resolve_upstream(
             how = f"{label} run {result.run_name} ({state}, MLflow run {result.mlflow_run_id})"
         else:
             raise ray_train.UpstreamError(
-                f"EBST needs a {label} checkpoint: pass --{label.lower().replace('maskvae', 'mask-vae')} URI|mlflow:RUN, "
-                f"set {field}, or add --with-upstream to train it first"
+                f"EBST needs a {label} checkpoint: pass {FLAGS[field]} URI|mlflow:RUN, set {field}, "
+                "or add --with-upstream to train it first"
             )
         updates[field], used[field] = uri, how
         print(f"EBST uses {label} from {uri} ({how})")

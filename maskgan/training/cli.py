@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from maskgan import config as config_lib
-from maskgan.storage import StorageConfig, StorageError
+from maskgan.storage import StorageError
 from maskgan.tracking import TrackingConfig
 from maskgan.training import ray_train
 
@@ -35,7 +35,9 @@ Exit status: 0 trained or already finished; 1 the run failed; 2 bad arguments; 1
 """
 
 
-def build_parser(description: str, examples: str, presets: Mapping[str, Callable[[], Any]]) -> argparse.ArgumentParser:
+def build_parser(
+    description: str, examples: str, presets: Mapping[str, Callable[[], Any]]
+) -> argparse.ArgumentParser:
     """The flags of every training entrypoint (stage-specific ones are added by the caller)."""
     parser = argparse.ArgumentParser(
         description=description, epilog=examples + "\n" + COMMON_EPILOG,
@@ -50,23 +52,46 @@ def build_parser(description: str, examples: str, presets: Mapping[str, Callable
     )  # fmt: skip
     parser.add_argument(
         "--s3-endpoint", metavar="URL",
-        help="S3 endpoint for data, checkpoints and MLflow artefacts (MinIO, moto); default AWS / AWS_ENDPOINT_URL",
+        help="S3 endpoint for data, checkpoints, MLflow artefacts (MinIO, moto); default AWS_ENDPOINT_URL",
     )  # fmt: skip
-    parser.add_argument("--num-workers", type=int, default=defaults.num_workers, help="Ray Train workers (default: %(default)s)")
+    parser.add_argument(
+        "--num-workers",
+        type=int,
+        default=defaults.num_workers,
+        help="Ray Train workers (default: %(default)s)",
+    )
     parser.add_argument(
         "--gpus-per-worker", type=float, default=0.0,
         help="GPUs per worker; > 0 trains on GPUs (default: CPU)",
     )  # fmt: skip
     parser.add_argument(
         "--cpus-per-worker", type=float, default=None,
-        help=f"CPUs per worker (default: {defaults.cpus_per_worker} on CPU, 4 with GPUs; the rest feed Ray Data)",
+        help=f"CPUs per worker (default: {defaults.cpus_per_worker} on CPU, 4 with GPUs; rest: Ray Data)",
     )  # fmt: skip
-    parser.add_argument("--mlflow-uri", metavar="URI", help="MLflow tracking URI (default: sqlite ./mlflow.db)")
-    parser.add_argument("--experiment", default=TrackingConfig().experiment, help="MLflow experiment (default: %(default)s)")
-    parser.add_argument("--run-key", help="run identity; reuse it to resume (default: fingerprint of the config)")
-    parser.add_argument("--max-steps", type=int, help="sets loop.max_steps (raise it to train a finished run further)")
-    parser.add_argument("--max-failures", type=int, default=defaults.max_failures, help="worker-group restarts (default: %(default)s)")
-    parser.add_argument("--num-to-keep", type=int, default=defaults.num_to_keep, help="checkpoints kept (default: %(default)s)")
+    parser.add_argument(
+        "--mlflow-uri", metavar="URI", help="MLflow tracking URI (default: sqlite ./mlflow.db)"
+    )
+    parser.add_argument(
+        "--experiment", default=TrackingConfig().experiment, help="MLflow experiment (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--run-key", help="run identity; reuse it to resume (default: fingerprint of the config)"
+    )
+    parser.add_argument(
+        "--max-steps", type=int, help="sets loop.max_steps (raise it to train a finished run further)"
+    )
+    parser.add_argument(
+        "--max-failures",
+        type=int,
+        default=defaults.max_failures,
+        help="worker-group restarts (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--num-to-keep",
+        type=int,
+        default=defaults.num_to_keep,
+        help="checkpoints kept (default: %(default)s)",
+    )
     parser.add_argument(
         "--placement-strategy", default=defaults.placement_strategy, choices=ray_train.PLACEMENT_STRATEGIES,
         help="how workers spread over nodes (default: %(default)s)",
@@ -109,7 +134,9 @@ def ray_config_from(args: argparse.Namespace, stage_config: Any) -> ray_train.Ra
     )
 
 
-def resolve(parser: argparse.ArgumentParser, args: argparse.Namespace, config_cls: type, presets) -> tuple[Any, Any]:
+def resolve(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, config_cls: type, presets
+) -> tuple[Any, Any]:
     """(stage config, ray config) or a usage error (exit 2) naming the bad field."""
     try:
         stage_config = config_lib.load(config_cls, presets[args.preset](), args.config, stage_overrides(args))
@@ -145,7 +172,12 @@ def run_cli(body: Callable[[], Any]) -> int:
             file=sys.stderr,
         )
         return EXIT_INTERRUPTED
-    except (ray_train.DatasetError, ray_train.NonFiniteLossRunError, ray_train.UpstreamError, StorageError) as error:
+    except (
+        ray_train.DatasetError,
+        ray_train.NonFiniteLossRunError,
+        ray_train.UpstreamError,
+        StorageError,
+    ) as error:
         print(f"training failed: {error}", file=sys.stderr)
         return EXIT_FAILED
     except Exception as error:  # Ray's TrainingFailedError and friends: say what, keep the traceback in logs
@@ -162,6 +194,3 @@ def run_cli(body: Callable[[], Any]) -> int:
 
 def print_result(result: ray_train.TrainResult) -> None:
     print(result.summary())
-
-
-

@@ -25,7 +25,7 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -229,7 +229,9 @@ def _build_datasets(data_config: Any, *, seed: int, start_epoch: int) -> dict[st
     )  # fmt: skip
     datasets = {"train": train}
     try:
-        datasets["val"] = loader.ray_dataset(data_config.uri, data_config.val_split, data_config.storage, shuffle=False)
+        datasets["val"] = loader.ray_dataset(
+            data_config.uri, data_config.val_split, data_config.storage, shuffle=False
+        )
     except ValueError:
         pass  # an empty val split: the loop runs without validation
     return datasets
@@ -255,7 +257,14 @@ def latest_checkpoint_step(run_uri: str, storage_config: StorageConfig | None = 
 
 
 def train_batches(
-    shard: Any, *, batch_size: int, seed: int, start_step: int, per_epoch: int, shuffle_rows: int | None, device
+    shard: Any,
+    *,
+    batch_size: int,
+    seed: int,
+    start_step: int,
+    per_epoch: int,
+    shuffle_rows: int | None,
+    device,
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Endless batches for steps start_step+1, ...: epoch e is a pure function of (seed, e); the
     batches of the current epoch consumed before start_step are read again and skipped."""
@@ -416,7 +425,9 @@ def _worker(payload: dict[str, Any]) -> None:
         if start_step // payload["steps_per_epoch"] != payload["start_epoch"]:
             # The driver saw another newest checkpoint than Ray Train handed us (a crash between upload
             # and registration): training goes on, but this epoch's order differs from an uninterrupted run.
-            logger.warning("resumed at step %d but the data starts at epoch %d", start_step, payload["start_epoch"])
+            logger.warning(
+                "resumed at step %d but the data starts at epoch %d", start_step, payload["start_epoch"]
+            )
     stage.wrap(lambda module: wrap_for_ddp(module, device, world_size))
 
     per_epoch = payload["steps_per_epoch"]
@@ -466,7 +477,9 @@ def _worker(payload: dict[str, Any]) -> None:
     synced = _RankSyncedStage(stage, world_size, device, fail_at)
     loop_config = dataclasses.replace(loop_config, fail_at_step=None)
     try:
-        loop_lib.run_loop(synced, batches, loop=loop_config, start_step=start_step, hooks=hooks, val_batches=val)
+        loop_lib.run_loop(
+            synced, batches, loop=loop_config, start_step=start_step, hooks=hooks, val_batches=val
+        )
     except loop_lib.NonFiniteLossError as error:
         # Every rank gets here at the same step (see _AgreeOnNonFinite); no checkpoint was written.
         # Reporting instead of raising keeps Ray Train from retrying a deterministic failure.
@@ -530,13 +543,21 @@ class _Hooks:
             }
             self._write_checkpoint(directory, state, weights=weights, meta=meta)
             name = f"{CHECKPOINT_PREFIX}{step:09d}"
-            self._report(metrics, checkpoint=self._checkpoint_cls.from_directory(directory), checkpoint_dir_name=name)
+            self._report(
+                metrics, checkpoint=self._checkpoint_cls.from_directory(directory), checkpoint_dir_name=name
+            )
             self.tracker.set_tags({"maskgan.checkpoint_uri": f"{self.payload['run_uri']}/{name}"})
         finally:
             shutil.rmtree(directory, ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------------------- driver
+
+
+def model_resolution(stage_config: Any) -> int:
+    """The px size the stage's networks expect (the dataset must have been preprocessed to it)."""
+    generator = getattr(stage_config, "generator", None)
+    return generator.resolution if generator is not None else stage_config.model.image_size
 
 
 def _storage_for_ray(ray_config: RayTrainConfig) -> tuple[str, Any]:
@@ -574,8 +595,11 @@ def _tags(stage: str, run_key: str, dataset: DatasetInfo, stage_config: Any) -> 
         "maskgan.git_commit": tracking.git_commit() or "unknown",
     }
     perceptual = getattr(stage_config, "perceptual", None)
-    if perceptual is not None and hasattr(perceptual, "weights"):
-        tags["maskgan.perceptual_weights"] = perceptual.weights or f"{perceptual.fallback} (no VGG19 weights)"
+    if perceptual is not None:
+        from maskgan.models.perceptual import weights_source
+
+        # Raises (naming where to get VGG19 weights) for presets that refuse a random VGG: before any worker.
+        tags["maskgan.perceptual"] = weights_source(perceptual)
     return tags
 
 
@@ -599,6 +623,11 @@ def train(stage_config: Any, ray_config: RayTrainConfig) -> TrainResult:
         return TrainResult(**{**previous, "already_finished": True})
 
     dataset = check_dataset(stage_config.data)
+    if dataset.resolution != model_resolution(stage_config):
+        raise DatasetError(
+            f"dataset {dataset.uri} is {dataset.resolution} px but the {stage} networks expect "
+            f"{model_resolution(stage_config)} px: preprocess at that resolution or change the model config"
+        )
     per_epoch = steps_per_epoch(dataset.train_rows, ray_config.num_workers, loop_config.batch_size)
     if per_epoch < 1:
         raise DatasetError(
@@ -648,12 +677,16 @@ def train(stage_config: Any, ray_config: RayTrainConfig) -> TrainResult:
         ),
         datasets=datasets,
         # preserve_order makes the split of the train stream over workers deterministic (see module doc).
-        dataset_config=ray.train.DataConfig(datasets_to_split=["train"], execution_options=loader.ingest_options()),
+        dataset_config=ray.train.DataConfig(
+            datasets_to_split=["train"], execution_options=loader.ingest_options()
+        ),
     )
     result = trainer.fit()
     metrics = dict(result.metrics or {})
     if "non_finite" in metrics:
-        raise NonFiniteLossRunError(f"{name} stopped: {metrics['non_finite']}; no checkpoint of it was written")
+        raise NonFiniteLossRunError(
+            f"{name} stopped: {metrics['non_finite']}; no checkpoint of it was written"
+        )
     checkpoint_uri = None
     if result.checkpoint is not None:
         checkpoint_uri = run_uri + "/" + os.path.basename(result.checkpoint.path.rstrip("/"))
@@ -677,6 +710,7 @@ def train(stage_config: Any, ray_config: RayTrainConfig) -> TrainResult:
         record = dataclasses.asdict(out)
         record.pop("already_finished")
         storage.write_bytes(
-            storage.resolve(run_uri, ray_config.storage).join(RESULT_FILE), json.dumps(record, indent=2).encode()
+            storage.resolve(run_uri, ray_config.storage).join(RESULT_FILE),
+            json.dumps(record, indent=2).encode(),
         )
     return out
