@@ -472,6 +472,7 @@ def _worker(payload: dict[str, Any]) -> None:
         report=ray.train.report,
         checkpoint_cls=Checkpoint,
     )
+    hooks.last_step = start_step  # a run resumed at max_steps reports where it is
     # fail_at_step: fresh runs only (as run_loop's own rule), the last rank dies instead of all raising.
     fail_at = loop_config.fail_at_step if start_step == 0 and rank == world_size - 1 else None
     synced = _RankSyncedStage(stage, world_size, device, fail_at)
@@ -603,6 +604,22 @@ def _tags(stage: str, run_key: str, dataset: DatasetInfo, stage_config: Any) -> 
     return tags
 
 
+def _mark_killed(tracking_config: TrackingConfig, tracking_uri: str, run_key: str, stage: str) -> None:
+    from maskgan import tracking
+
+    if not tracking_config.enabled:
+        return
+    try:
+        resolved = dataclasses.replace(tracking_config, tracking_uri=tracking_uri)
+        found = tracking.find_run(resolved, run_key=run_key, stage=stage)
+        if found is not None:
+            import mlflow
+
+            mlflow.MlflowClient(tracking_uri).set_terminated(found.info.run_id, status="KILLED")
+    except Exception as error:  # best effort on the way out: the interrupt matters more
+        logger.warning("could not mark the MLflow run killed: %s", error)
+
+
 def train(stage_config: Any, ray_config: RayTrainConfig) -> TrainResult:
     """Train one stage on Ray Train (resuming the run of the same name if it exists)."""
     import ray.train
@@ -681,7 +698,13 @@ def train(stage_config: Any, ray_config: RayTrainConfig) -> TrainResult:
             datasets_to_split=["train"], execution_options=loader.ingest_options()
         ),
     )
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except KeyboardInterrupt:
+        # Ctrl-C / SIGTERM: Ray Train stops the workers; checkpoints already registered stay as they
+        # are (a half-uploaded one never is). Mark the MLflow run KILLED; a rerun resumes it.
+        _mark_killed(ray_config.tracking, tracking_uri, run_key, stage)
+        raise
     metrics = dict(result.metrics or {})
     if "non_finite" in metrics:
         raise NonFiniteLossRunError(
