@@ -45,6 +45,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "EBSTTrainConfig": ("ebst", "maskgan.training.ebst"),
 }
 RESULT_FILE = "result.json"
+STOPPED_FILE = "stopped.json"  # written by rank 0 when a non-finite loss stopped the run
 CHECKPOINT_PREFIX = "checkpoint_"
 # Fields that may change between a run and its resumption without making it another run.
 _NOT_IN_RUN_KEY = ("loop.max_steps", "loop.fail_at_step", "loop.log_every", "loop.image_every")
@@ -472,7 +473,8 @@ def _worker(payload: dict[str, Any]) -> None:
         report=ray.train.report,
         checkpoint_cls=Checkpoint,
     )
-    hooks.last_step = start_step  # a run resumed at max_steps reports where it is
+    hooks.last_step = start_step
+    hooks.resumed_from = resumed_from
     # fail_at_step: fresh runs only (as run_loop's own rule), the last rank dies instead of all raising.
     fail_at = loop_config.fail_at_step if start_step == 0 and rank == world_size - 1 else None
     synced = _RankSyncedStage(stage, world_size, device, fail_at)
@@ -482,17 +484,18 @@ def _worker(payload: dict[str, Any]) -> None:
             synced, batches, loop=loop_config, start_step=start_step, hooks=hooks, val_batches=val
         )
     except loop_lib.NonFiniteLossError as error:
-        # Every rank gets here at the same step (see _AgreeOnNonFinite); no checkpoint was written.
-        # Reporting instead of raising keeps Ray Train from retrying a deterministic failure.
-        tracker.set_tags({"maskgan.stopped": f"non-finite loss: {error}"})
-        tracker.finish("FAILED")
-        report_metrics = {"step": hooks.last_step, "non_finite": str(error), "resumed_from": resumed_from}
-        ray.train.report(report_metrics)
+        # Every rank gets here at the same step (see _RankSyncedStage); no checkpoint was written.
+        # Returning (not raising) keeps Ray Train from retrying a deterministic failure; the driver
+        # reads the reason from the run folder and raises NonFiniteLossRunError.
+        if rank == 0:
+            tracker.set_tags({"maskgan.stopped": f"non-finite loss: {error}"})
+            tracker.finish("FAILED")
+            stopped = storage.resolve(payload["run_uri"], ray_config.storage).join(STOPPED_FILE)
+            storage.write_bytes(stopped, json.dumps({"reason": str(error), "step": error.step}).encode())
         return
     except BaseException:
         tracker.finish("FAILED")
         raise
-    ray.train.report({**hooks.last_metrics, "step": hooks.last_step, "resumed_from": resumed_from})
     tracker.finish("FINISHED")
 
 
@@ -507,6 +510,7 @@ class _Hooks:
         self._report, self._checkpoint_cls = report, checkpoint_cls
         self.last_metrics: dict[str, float] = {}
         self.last_step = 0
+        self.resumed_from: int | None = None
 
     def on_metrics(self, step: int, metrics: dict[str, float]) -> None:
         self.last_step = max(self.last_step, step)
@@ -524,7 +528,11 @@ class _Hooks:
     def on_checkpoint(self, step: int) -> None:
         self.last_step = max(self.last_step, step)
         rng = _all_gather(self._rng_state(), self.world_size)
+        # Ray Train's Result.metrics are those of the newest checkpoint: everything the driver
+        # needs rides along with every checkpoint.
         metrics = {**self.last_metrics, "step": step}
+        if self.resumed_from is not None:
+            metrics["resumed_from"] = self.resumed_from
         if self.rank != 0:
             self._report(metrics)
             return
@@ -698,6 +706,9 @@ def train(stage_config: Any, ray_config: RayTrainConfig) -> TrainResult:
             datasets_to_split=["train"], execution_options=loader.ingest_options()
         ),
     )
+    stopped = storage.resolve(run_uri, ray_config.storage).join(STOPPED_FILE)
+    if storage.exists(stopped):
+        stopped.fs.delete_file(stopped.path)  # from an earlier attempt with other settings
     try:
         result = trainer.fit()
     except KeyboardInterrupt:
@@ -705,11 +716,10 @@ def train(stage_config: Any, ray_config: RayTrainConfig) -> TrainResult:
         # are (a half-uploaded one never is). Mark the MLflow run KILLED; a rerun resumes it.
         _mark_killed(ray_config.tracking, tracking_uri, run_key, stage)
         raise
+    reason = storage.read_text_if_exists(stopped)
+    if reason:
+        raise NonFiniteLossRunError(f"{name} stopped: {json.loads(reason)['reason']}")
     metrics = dict(result.metrics or {})
-    if "non_finite" in metrics:
-        raise NonFiniteLossRunError(
-            f"{name} stopped: {metrics['non_finite']}; no checkpoint of it was written"
-        )
     checkpoint_uri = None
     if result.checkpoint is not None:
         checkpoint_uri = run_uri + "/" + os.path.basename(result.checkpoint.path.rstrip("/"))
