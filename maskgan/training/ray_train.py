@@ -23,6 +23,7 @@ import os
 import random
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -352,18 +353,24 @@ class _RankSyncedStage:
     so run_loop stops on every rank at the same step (one rank stopping alone would leave the others
     waiting in a collective). Also kills one worker once, for LoopConfig.fail_at_step (test only)."""
 
-    def __init__(self, stage: Any, world_size: int, device: torch.device, fail_at_step: int | None):
+    def __init__(
+        self, stage: Any, world_size: int, device: torch.device, fail_at_step: int | None, fail_marker=None
+    ):
         self._stage, self._world_size, self._device = stage, world_size, device
-        self._fail_at_step = fail_at_step
+        self._fail_at_step, self._fail_marker = fail_at_step, fail_marker
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stage, name)
 
     def step(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, float]:
-        if step == self._fail_at_step:
+        if step == self._fail_at_step and not storage.exists(self._fail_marker):
             # A real crash of the last rank (no exception, no cleanup): Ray Train must notice the dead
-            # worker, tear the group down and restart it from the last checkpoint.
-            logger.warning("loop.fail_at_step=%d: worker exits now (test only)", step)
+            # worker, tear the group down and restart it from the last checkpoint. Once per run (the
+            # marker); the wait lets the controller's 2 s poll register the last report first (a
+            # report still unpolled when its worker dies is lost with it).
+            storage.write_bytes(self._fail_marker, b"injected")
+            logger.warning("loop.fail_at_step=%d: worker exits in 10 s (test only)", step)
+            time.sleep(10)
             os._exit(3)
         metrics = self._stage.step(batch, step)
         scaler_on = self._stage.scaler.is_enabled()
@@ -475,9 +482,10 @@ def _worker(payload: dict[str, Any]) -> None:
     )
     hooks.last_step = start_step
     hooks.resumed_from = resumed_from
-    # fail_at_step: fresh runs only (as run_loop's own rule), the last rank dies instead of all raising.
-    fail_at = loop_config.fail_at_step if start_step == 0 and rank == world_size - 1 else None
-    synced = _RankSyncedStage(stage, world_size, device, fail_at)
+    # fail_at_step (test only): the last rank dies once per run, instead of every rank raising.
+    fail_at = loop_config.fail_at_step if rank == world_size - 1 else None
+    marker = storage.resolve(payload["run_uri"], ray_config.storage).join(".fail_injected")
+    synced = _RankSyncedStage(stage, world_size, device, fail_at, marker)
     loop_config = dataclasses.replace(loop_config, fail_at_step=None)
     try:
         loop_lib.run_loop(
