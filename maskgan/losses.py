@@ -4,11 +4,20 @@ Discriminator outputs use the pix2pixHD multi-scale format, `MultiScaleOutput`: 
 of lists of feature maps, whose last element is the (B, 1, h, w) patch prediction. Losses are
 computed in float32 whatever the input dtype (autocast-safe). Released defaults (REFERENCE.md §2):
 LSGAN, feature matching x 10, VGG19 perceptual with layer weights 1/32 ... 1 x 10.
+
+Detachment, as the release does it: every real-side target (D features of the real pair, VGG
+features of the real image) is detached inside the loss that takes it; the discriminator's losses
+`discriminator_loss_on_images` / `dual_editing_discriminator_loss_on_images` take D and the fake
+IMAGES and detach them before D sees them (the release's `discriminate`), so D's loss can never
+reach G or the blender. The output-based `discriminator_loss` / `dual_editing_discriminator_losses`
+remain for callers that ran D themselves, on detached fakes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +27,36 @@ GAN_MODES = ("lsgan", "hinge")
 VGG_LAYER_WEIGHTS = (1.0 / 32, 1.0 / 16, 1.0 / 8, 1.0 / 4, 1.0)  # relu1_1 ... relu5_1
 FEATURE_MATCHING_WEIGHT = 10.0
 PERCEPTUAL_WEIGHT = 10.0
+Discriminator = Callable[[torch.Tensor, torch.Tensor], MultiScaleOutput]  # D(mask one-hot, image)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DualEditingDiscriminatorWeights:
+    """EBST D total = real * D_real + reconstruction * D_fake + blend * D_blend (our choice).
+
+    The release returns the three terms and no training code combines them. The default keeps
+    pix2pixHD's balance, total = 0.5 (real + fake): half the weight on the real batch, the other
+    half shared by the two fake batches (G(M, M, I) and the blend), so D is not pushed twice as hard
+    toward "fake" as toward "real", and the loss scale matches the DMN stage's D loss.
+    """
+
+    real: float = 0.5
+    reconstruction: float = 0.25
+    blend: float = 0.25
+
+    def __post_init__(self) -> None:
+        for name in ("real", "reconstruction", "blend"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+                raise ValueError(f"dual_editing_d_weights.{name} must be a finite number, got {value!r}")
+            if value < 0:
+                raise ValueError(f"dual_editing_d_weights.{name} must be >= 0, got {value}")
+            object.__setattr__(self, name, float(value))
+        if self.real == 0 or self.reconstruction + self.blend == 0:
+            raise ValueError(
+                "dual_editing_d_weights: real and at least one of reconstruction / blend must be > 0, "
+                f"got {self}"
+            )
 
 
 def lsgan_loss(outputs: MultiScaleOutput, target_is_real: bool) -> torch.Tensor:
@@ -58,10 +97,56 @@ def gan_generator_loss(outputs: MultiScaleOutput, mode: str = "lsgan") -> torch.
 def discriminator_loss(
     real_outputs: MultiScaleOutput, fake_outputs: MultiScaleOutput, mode: str = "lsgan"
 ) -> dict[str, torch.Tensor]:
-    """{"real", "fake", "total" = 0.5 (real + fake)} as pix2pixHD; fake outputs come from detached images."""
+    """{"real", "fake", "total" = 0.5 (real + fake)} as pix2pixHD, on D outputs of DETACHED fakes.
+
+    Prefer discriminator_loss_on_images, which detaches the fakes itself.
+    """
     real = gan_discriminator_loss(real_outputs, True, mode)
     fake = gan_discriminator_loss(fake_outputs, False, mode)
     return {"real": real, "fake": fake, "total": 0.5 * (real + fake)}
+
+
+def discriminator_loss_on_images(
+    discriminator: Discriminator,
+    *,
+    mask: torch.Tensor,
+    real_image: torch.Tensor,
+    fake_image: torch.Tensor,
+    gan_mode: str = "lsgan",
+) -> dict[str, torch.Tensor]:
+    """D's loss on (M, I) real and (M, fake) fake, detaching the inputs itself; keys as discriminator_loss.
+
+    mask: (B, C, H, W) one-hot; images (B, 3, H, W). One D call on the concatenated batch: D's norms
+    are per-sample (instance norm), so the numbers equal separate calls.
+    """
+    real_outputs, fake_outputs = _discriminate_detached(discriminator, mask, [real_image, fake_image])
+    return discriminator_loss(real_outputs, fake_outputs, gan_mode)
+
+
+def dual_editing_discriminator_loss_on_images(
+    discriminator: Discriminator,
+    *,
+    mask: torch.Tensor,
+    real_image: torch.Tensor,
+    reconstruction: torch.Tensor,
+    blend: torch.Tensor,
+    gan_mode: str = "lsgan",
+    weights: DualEditingDiscriminatorWeights | None = None,
+) -> dict[str, torch.Tensor]:
+    """EBST D loss on I, Ir = G(M, M, I) and B = blend(...), all judged with M; detaches the inputs itself.
+
+    Keys as dual_editing_discriminator_losses; one D call on the concatenated (3B) batch.
+    """
+    real, fake_reconstruction, fake_blend = _discriminate_detached(
+        discriminator, mask, [real_image, reconstruction, blend]
+    )
+    return dual_editing_discriminator_losses(
+        d_real=real,
+        d_reconstruction=fake_reconstruction,
+        d_blend=fake_blend,
+        gan_mode=gan_mode,
+        weights=weights,
+    )
 
 
 def feature_matching_loss(
@@ -131,31 +216,61 @@ def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(dim=1)).mean()
 
 
+def elbo_kl_weight(height: int, width: int) -> float:
+    """1 / (H W): the KL weight that makes mask_vae_loss the per-pixel ELBO (beta = 1)."""
+    if height < 1 or width < 1:
+        raise ValueError(f"elbo_kl_weight needs a positive size, got {height} x {width}")
+    return 1.0 / (height * width)
+
+
+def kl_warmup(step: int, warmup_steps: int) -> float:
+    """KL weight factor at `step` (1-based): linear from 1 / warmup_steps to 1 over warmup_steps, then 1.
+
+    warmup_steps 0 turns the warm-up off. Pure function of the step, so a resumed run continues it.
+    """
+    if warmup_steps < 0:
+        raise ValueError(f"kl warmup_steps must be >= 0, got {warmup_steps}")
+    if step < 0:
+        raise ValueError(f"kl_warmup step must be >= 0, got {step}")
+    if warmup_steps == 0:
+        return 1.0
+    return min(1.0, step / warmup_steps)
+
+
 def mask_vae_loss(
     logits: torch.Tensor,
     target: torch.Tensor,
     mu: torch.Tensor,
     logvar: torch.Tensor,
-    kl_weight: float = 1e-3,
+    kl_weight: float | None = None,
     class_weights: torch.Tensor | None = None,
+    *,
+    kl_scale: float = 1.0,
 ) -> dict[str, torch.Tensor]:
-    """{"cross_entropy", "kl", "total" = cross_entropy + kl_weight * kl} for the MaskVAE.
+    """{"cross_entropy", "kl", "total" = cross_entropy + kl_scale * kl_weight * kl} for the MaskVAE.
 
     logits: (B, C, H, W); target: (B, H, W) int64 class map; cross-entropy is the mean over pixels,
-    KL the per-sample sum over latent dims (kl_weight 1 / (H W) would be the exact per-pixel ELBO).
+    KL the per-sample sum over latent dims. kl_weight None (default) = elbo_kl_weight(H, W), the
+    per-pixel ELBO (beta 1, ~1e-3 at 32 px, 3.8e-6 at 512 px): the release gave no weight, and beta 1
+    is the unbiased VAE objective at every resolution; a fixed number would mean a different beta
+    per preset. kl_scale: the warm-up factor, e.g. kl_warmup(step, warmup_steps).
     class_weights: optional (C,) weights for rare classes (eyes, lips).
     """
-    if kl_weight < 0:
+    if kl_weight is not None and not kl_weight >= 0:
         raise ValueError(f"kl_weight must be >= 0, got {kl_weight}")
+    if not 0 <= kl_scale <= 1:
+        raise ValueError(f"kl_scale must be in [0, 1], got {kl_scale}")
     if logits.dim() != 4 or target.shape != (logits.shape[0], *logits.shape[2:]):
         raise ValueError(
             f"mask_vae_loss expects (B, C, H, W) logits and a (B, H, W) target, "
             f"got {tuple(logits.shape)} and {tuple(target.shape)}"
         )
+    if kl_weight is None:
+        kl_weight = elbo_kl_weight(logits.shape[2], logits.shape[3])
     weight = class_weights.float().to(logits.device) if class_weights is not None else None
     cross_entropy = F.cross_entropy(logits.float(), target.long(), weight=weight)
     kl = kl_divergence(mu, logvar)
-    return {"cross_entropy": cross_entropy, "kl": kl, "total": cross_entropy + kl_weight * kl}
+    return {"cross_entropy": cross_entropy, "kl": kl, "total": cross_entropy + kl_scale * kl_weight * kl}
 
 
 def dual_editing_generator_losses(
@@ -197,12 +312,15 @@ def dual_editing_discriminator_losses(
     d_reconstruction: MultiScaleOutput,
     d_blend: MultiScaleOutput,
     gan_mode: str = "lsgan",
+    weights: DualEditingDiscriminatorWeights | None = None,
 ) -> dict[str, torch.Tensor]:
-    """EBST discriminator terms (release names D_real, D_fake, D_blend); fakes from detached images.
+    """EBST discriminator terms (release names D_real, D_fake, D_blend) on D outputs of DETACHED fakes.
 
-    total = 0.5 (real + fake_reconstruction + fake_blend): pix2pixHD's 0.5 (real + fake) with the
-    blend as a second fake batch.
+    total = weights.real * real + weights.reconstruction * fake_reconstruction + weights.blend *
+    fake_blend; default 0.5 / 0.25 / 0.25 (DualEditingDiscriminatorWeights says why). Prefer
+    dual_editing_discriminator_loss_on_images, which detaches the fakes itself.
     """
+    weights = weights or DualEditingDiscriminatorWeights()
     real = gan_discriminator_loss(d_real, True, gan_mode)
     fake_reconstruction = gan_discriminator_loss(d_reconstruction, False, gan_mode)
     fake_blend = gan_discriminator_loss(d_blend, False, gan_mode)
@@ -210,8 +328,30 @@ def dual_editing_discriminator_losses(
         "real": real,
         "fake_reconstruction": fake_reconstruction,
         "fake_blend": fake_blend,
-        "total": 0.5 * (real + fake_reconstruction + fake_blend),
+        "total": weights.real * real
+        + weights.reconstruction * fake_reconstruction
+        + weights.blend * fake_blend,
     }
+
+
+def _discriminate_detached(
+    discriminator: Discriminator, mask: torch.Tensor, images: Sequence[torch.Tensor]
+) -> list[list[list[torch.Tensor]]]:
+    """D(mask, image) for each image, inputs detached, as one call on the concatenated batch."""
+    batch = mask.shape[0]
+    for image in images:
+        if image.shape[0] != batch:
+            raise ValueError(
+                f"D-loss images must share the mask's batch size {batch}, got {tuple(image.shape)}"
+            )
+    mask = mask.detach()
+    outputs = discriminator(
+        torch.cat([mask] * len(images)), torch.cat([image.detach() for image in images])
+    )  # [scale][layer] of (len(images) * B, ...)
+    return [
+        [[feature[index * batch : (index + 1) * batch] for feature in scale] for scale in outputs]
+        for index in range(len(images))
+    ]
 
 
 def _predictions(outputs: MultiScaleOutput) -> list[torch.Tensor]:

@@ -344,16 +344,21 @@ class EBSTStage(GANStage):
         }
 
     def validate(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
-        """val/l1 (reconstruction), val/blend_l1 (blend of the two edited renders vs the real image)."""
+        """val/l1 (reconstruction), val/blend_l1 (blend of the two edited renders vs the real image),
+        val/edit_l1 (the edited renders themselves), val/blend_l1_edited (blend, pixels the edits changed)."""
         out = self._evaluate(batch)
-        return as_floats(
-            {
-                "val/l1": (out["fake"] - out["image"]).abs().mean(),
-                "val/blend_l1": (out["blend"] - out["image"]).abs().mean(),
-                "val/edit_l1": 0.5
-                * ((out["fake_1"] - out["image"]).abs().mean() + (out["fake_2"] - out["image"]).abs().mean()),
-            }
-        )
+        image = out["image"]
+        edited = ((out["m1"] != out["label"]) | (out["m2"] != out["label"])).unsqueeze(1).expand_as(image)
+        blend_error = (out["blend"] - image).abs()
+        metrics = {
+            "val/l1": (out["fake"] - image).abs().mean(),
+            "val/blend_l1": blend_error.mean(),
+            "val/edit_l1": 0.5
+            * ((out["fake_1"] - image).abs().mean() + (out["fake_2"] - image).abs().mean()),
+        }
+        if edited.any():
+            metrics["val/blend_l1_edited"] = blend_error[edited].mean()
+        return as_floats(metrics)
 
     def images(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """mask | reference | generated | M1 | M2 | fake_1 | fake_2 | blend | alpha."""

@@ -106,6 +106,8 @@ class GANStage(Stage):
     ) -> None:
         super().__init__(loop=loop, device=device, rank=rank)
         self.losses = losses
+        # First: it refuses (fallback "error") before minutes are spent building full-size networks.
+        self.vgg = VGG19Features(perceptual).to(self.device)  # frozen
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(loop.seed)  # the same init on every rank
             self.generator_net = DenseMappingNetwork(generator)
@@ -114,7 +116,6 @@ class GANStage(Stage):
             apply_init(self.discriminator, init)
         self.generator_net.to(self.device)
         self.discriminator.to(self.device)
-        self.vgg = VGG19Features(perceptual).to(self.device)  # frozen; raises for fallback "error"
         self.generator_optimizer = make_adam(self.generator_net.parameters(), optimizer)
         self.discriminator_optimizer = make_adam(
             self.discriminator.parameters(), optimizer, discriminator_lr_multiplier

@@ -1,4 +1,4 @@
-"""Losses against values computed by hand on tiny tensors."""
+"""Losses against values computed by hand on tiny tensors, and which side of each loss gets gradients."""
 
 from __future__ import annotations
 
@@ -7,21 +7,29 @@ import math
 import pytest
 import torch
 
+from maskgan.labels import NUM_CLASSES, one_hot
 from maskgan.losses import (
     VGG_LAYER_WEIGHTS,
+    DualEditingDiscriminatorWeights,
     discriminator_loss,
+    discriminator_loss_on_images,
+    dual_editing_discriminator_loss_on_images,
     dual_editing_discriminator_losses,
     dual_editing_generator_losses,
+    elbo_kl_weight,
     feature_matching_loss,
     gan_discriminator_loss,
     gan_generator_loss,
     hinge_discriminator_loss,
     hinge_generator_loss,
     kl_divergence,
+    kl_warmup,
     lsgan_loss,
     mask_vae_loss,
     perceptual_loss,
 )
+from maskgan.models.discriminator import MultiscaleDiscriminator, discriminator_tiny
+from maskgan.models.perceptual import PerceptualConfig, VGG19Features
 
 
 def scale(*values: float, features: int = 1) -> list[torch.Tensor]:
@@ -102,6 +110,24 @@ def test_kl_by_hand():
     assert kl_divergence(mu, logvar).item() == pytest.approx((1 - 0.5 * math.log(2.0)) / 2)
 
 
+def test_kl_weight_defaults_to_the_per_pixel_elbo_and_warms_up():
+    logits = torch.zeros(2, 3, 4, 8)
+    target = torch.zeros(2, 4, 8, dtype=torch.int64)
+    mu, logvar = torch.full((2, 5), 2.0), torch.zeros(2, 5)  # KL = 0.5 * 5 * 4 = 10 per sample
+    terms = mask_vae_loss(logits, target, mu, logvar)
+    assert elbo_kl_weight(4, 8) == 1 / 32
+    assert terms["kl"].item() == pytest.approx(10.0)
+    assert terms["total"].item() == pytest.approx(math.log(3.0) + 10.0 / 32)
+    half = mask_vae_loss(logits, target, mu, logvar, kl_weight=0.1, kl_scale=kl_warmup(50, 100))
+    assert half["total"].item() == pytest.approx(math.log(3.0) + 0.5 * 0.1 * 10.0)
+    assert [kl_warmup(step, 4) for step in (0, 1, 2, 4, 9)] == [0.0, 0.25, 0.5, 1.0, 1.0]
+    assert kl_warmup(1, 0) == 1.0, "warmup_steps 0: no warm-up"
+    with pytest.raises(ValueError, match="warmup_steps"):
+        kl_warmup(1, -1)
+    with pytest.raises(ValueError, match="kl_scale"):
+        mask_vae_loss(logits, target, mu, logvar, kl_scale=1.5)
+
+
 def test_mask_vae_loss_by_hand():
     # two pixels, two classes, both target 0: logits (0, 0) -> ln 2; (ln 3, 0) -> -ln(3/4)
     logits = torch.tensor([[[[0.0, math.log(3.0)]], [[0.0, 0.0]]]])  # (1, 2, 1, 2)
@@ -159,7 +185,28 @@ def test_dual_editing_discriminator_terms_by_hand():
     assert terms["real"].item() == 0.0
     assert terms["fake_reconstruction"].item() == pytest.approx(0.25)
     assert terms["fake_blend"].item() == pytest.approx(1.0)
-    assert terms["total"].item() == pytest.approx(0.5 * 1.25)
+    # default: 0.5 real + 0.25 each fake (pix2pixHD's 0.5 (real + fake) balance)
+    assert terms["total"].item() == pytest.approx(0.5 * 0.0 + 0.25 * 0.25 + 0.25 * 1.0)
+    real = [scale(0.0)]  # real term (0 - 1)^2 = 1
+    weights = DualEditingDiscriminatorWeights(real=2.0, reconstruction=1.0, blend=0.0)
+    terms = dual_editing_discriminator_losses(
+        d_real=real, d_reconstruction=reconstruction, d_blend=blend, weights=weights
+    )
+    assert terms["total"].item() == pytest.approx(2.0 * 1.0 + 1.0 * 0.25 + 0.0 * 1.0)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"real": -0.1}, "real must be >= 0"),
+        ({"blend": float("nan")}, "blend must be a finite"),
+        ({"real": 0.0}, "real and at least one"),
+        ({"reconstruction": 0.0, "blend": 0.0}, "real and at least one"),
+    ],
+)
+def test_dual_editing_d_weights_validation_names_the_field(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        DualEditingDiscriminatorWeights(**kwargs)
 
 
 def test_generator_gradient_flows_through_fake_outputs():
@@ -210,3 +257,119 @@ def test_bad_arguments_raise():
         mask_vae_loss(torch.zeros(1, 2, 1, 1), torch.zeros(1, 2, 2), torch.zeros(1, 1), torch.zeros(1, 1))
     with pytest.raises(ValueError, match="kl_divergence"):
         kl_divergence(torch.zeros(2, 3), torch.zeros(2, 4))
+
+
+# ------------------------------------------------------------------ which side gets gradients
+
+
+def tiny_networks(seed: int = 0):
+    """A stand-in generator and blender (one conv each) and a tiny multi-scale D, 16 px."""
+    torch.manual_seed(seed)
+    generator = torch.nn.Sequential(torch.nn.Conv2d(NUM_CLASSES, 3, 3, padding=1), torch.nn.Tanh())
+    blender = torch.nn.Conv2d(6, 3, 3, padding=1)
+    discriminator = MultiscaleDiscriminator(discriminator_tiny())
+    masks = one_hot(torch.randint(0, NUM_CLASSES, (2, 16, 16)))
+    real = torch.rand(2, 3, 16, 16) * 2 - 1
+    return generator, blender, discriminator, masks, real
+
+
+def grads(module: torch.nn.Module) -> list:
+    return [parameter.grad for parameter in module.parameters()]
+
+
+def test_discriminator_loss_on_images_gives_the_generator_no_gradient():
+    generator, _, discriminator, masks, real = tiny_networks()
+    fake = generator(masks)
+    terms = discriminator_loss_on_images(discriminator, mask=masks, real_image=real, fake_image=fake)
+    terms["total"].backward()
+    assert all(grad is None for grad in grads(generator)), "D's loss must not reach G"
+    assert all(grad is not None and grad.abs().sum() > 0 for grad in grads(discriminator))
+    # The test can fail: D run on the undetached fake by hand does leak into G.
+    discriminator_loss(discriminator(masks, real), discriminator(masks, generator(masks)))["total"].backward()
+    assert all(grad is not None for grad in grads(generator))
+
+
+def test_dual_editing_d_loss_on_images_gives_generator_and_blender_no_gradient():
+    generator, blender, discriminator, masks, real = tiny_networks()
+    reconstruction = generator(masks)
+    blend = torch.sigmoid(blender(torch.cat([generator(masks.roll(1, 0)), reconstruction], 1)))
+    terms = dual_editing_discriminator_loss_on_images(
+        discriminator, mask=masks, real_image=real, reconstruction=reconstruction, blend=blend
+    )
+    terms["total"].backward()
+    assert all(grad is None for grad in grads(generator) + grads(blender))
+    assert all(grad is not None and grad.abs().sum() > 0 for grad in grads(discriminator))
+
+
+def test_d_loss_on_images_equals_separate_d_calls():
+    generator, blender, discriminator, masks, real = tiny_networks(1)
+    with torch.no_grad():
+        reconstruction, blend = generator(masks), torch.tanh(blender(torch.cat([real, real], 1)))
+        terms = dual_editing_discriminator_loss_on_images(
+            discriminator, mask=masks, real_image=real, reconstruction=reconstruction, blend=blend
+        )
+        separate = dual_editing_discriminator_losses(
+            d_real=discriminator(masks, real),
+            d_reconstruction=discriminator(masks, reconstruction),
+            d_blend=discriminator(masks, blend),
+        )
+        single = discriminator_loss_on_images(discriminator, mask=masks, real_image=real, fake_image=blend)
+        by_hand = discriminator_loss(discriminator(masks, real), discriminator(masks, blend))
+    for name in separate:
+        assert terms[name].item() == pytest.approx(separate[name].item(), rel=1e-5), name
+    for name in by_hand:
+        assert single[name].item() == pytest.approx(by_hand[name].item(), rel=1e-5), name
+    with pytest.raises(ValueError, match="batch size"):
+        discriminator_loss_on_images(discriminator, mask=masks, real_image=real[:1], fake_image=blend)
+
+
+def test_dual_editing_generator_losses_detach_every_real_side_input():
+    def d_output(value: float) -> list[list[torch.Tensor]]:
+        return [
+            [
+                torch.full((1, 2, 2, 2), value, requires_grad=True),
+                torch.full((1, 1, 1, 1), value, requires_grad=True),
+            ]
+            for _ in range(2)
+        ]
+
+    def vgg(value: float) -> list[torch.Tensor]:
+        return [torch.full((1, 2, 2, 2), value, requires_grad=True) for _ in range(5)]
+
+    d_real, d_reconstruction, d_blend = d_output(1.0), d_output(0.5), d_output(0.25)
+    vgg_real, vgg_reconstruction, vgg_blend = vgg(1.0), vgg(0.5), vgg(0.25)
+    terms = dual_editing_generator_losses(
+        d_real=d_real,
+        d_reconstruction=d_reconstruction,
+        d_blend=d_blend,
+        vgg_real=vgg_real,
+        vgg_reconstruction=vgg_reconstruction,
+        vgg_blend=vgg_blend,
+    )
+    terms["total"].backward()
+    real_side = [t for s in d_real for t in s] + vgg_real
+    assert all(t.grad is None for t in real_side), "real D and VGG features are targets: detached"
+    fake_side = [t for s in d_reconstruction + d_blend for t in s] + vgg_reconstruction + vgg_blend
+    assert all(t.grad is not None and t.grad.abs().sum() > 0 for t in fake_side)
+
+
+def test_generator_losses_send_no_gradient_into_the_real_image():
+    # End to end through a real D and VGG: the real image reaches the loss only as a target.
+    generator, blender, discriminator, masks, real = tiny_networks(2)
+    real.requires_grad_(True)
+    vgg = VGG19Features(PerceptualConfig())
+    reconstruction = generator(masks)
+    blend = torch.tanh(blender(torch.cat([reconstruction, generator(masks.roll(1, 0))], 1)))
+    terms = dual_editing_generator_losses(
+        d_real=discriminator(masks, real),
+        d_reconstruction=discriminator(masks, reconstruction),
+        d_blend=discriminator(masks, blend),
+        vgg_real=vgg(real),
+        vgg_reconstruction=vgg(reconstruction),
+        vgg_blend=vgg(blend),
+    )
+    terms["total"].backward()
+    assert real.grad is None
+    assert all(grad is not None and grad.abs().sum() > 0 for grad in grads(generator) + grads(blender))
+    for name in ("feature_matching", "perceptual"):
+        assert terms[f"{name}_reconstruction"].item() > 0 and terms[f"{name}_blend"].item() > 0
