@@ -115,6 +115,10 @@ def test_ray_passes_are_epochs_matching_the_direct_path(dataset):
             assert torch.equal(got["image"], want["image"]) and torch.equal(got["label"], want["label"])
     ids = [[int(i) for b in batches for i in b["id"]] for batches in passes]
     assert ids[0] != ids[1] and sorted(ids[0]) == sorted(ids[1]) == sorted(shard_of)
+    # By default only train shuffles: validation sees the manifest order on every pass.
+    val = loader.ray_dataset(out, "val", seed=3)
+    want = [int(i) for b in loader.iter_batches(out, "val", 2) for i in b["id"]]
+    assert ray_ids(val) == want and ray_ids(val) == want
 
 
 def test_train_batches_under_streaming_split(dataset):
@@ -136,6 +140,12 @@ def test_train_batches_under_streaming_split(dataset):
             for epoch in range(2)
         ]
 
+    ray_dataset = loader.ray_dataset(out, "train", seed=1)
+    batch = list(loader.train_batches(ray_dataset.streaming_split(1)[0], 4, seed=1))[0]
+    assert batch["image"].dtype == torch.float32 and batch["image"].shape[:2] == (4, 3)
+    assert -1 <= batch["image"].min() and batch["image"].max() <= 1
+    assert batch["label"].dtype == torch.int64 and batch["onehot"].shape[1] == labels.NUM_CLASSES
+    assert torch.equal(batch["onehot"].argmax(1), batch["label"])
     plain = epochs(7, shuffle_buffer=0)
     # Each iteration of the split is the next epoch of the dataset, as in iter_batches.
     assert plain == [direct_ids(out, shuffle=True, seed=7, epoch=epoch) for epoch in range(2)]
