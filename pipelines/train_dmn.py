@@ -1,8 +1,8 @@
 """Train the DMN (G: mask + style image -> image; multi-scale D; LSGAN + FM + VGG) on Ray Train.
 
-Examples:
+Examples (after `make run`, whose dataset is 64 px):
   python pipelines/train_dmn.py --preset dmn_tiny --data runs/quickstart/parquet \\
-      --storage runs/train --max-steps 20
+      --set generator.resolution=64 --storage runs/train --max-steps 20
   ray job submit --working-dir . -- python pipelines/train_dmn.py --preset dmn_official_512 \\
       --data s3://bucket/parquet --storage s3://bucket/runs --num-workers 8 --gpus-per-worker 1 \\
       --mlflow-uri http://mlflow.internal:5000

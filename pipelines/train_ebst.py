@@ -4,11 +4,13 @@ EBST starts from a trained DMN and uses a trained MaskVAE to simulate edits. Giv
 URIs or MLflow runs (`mlflow:<run id>`), or pass --with-upstream to train whichever is missing first
 (a finished upstream run with the same config is reused, not trained again).
 
-Examples:
+Examples (after `make run`, whose dataset is 64 px):
   python pipelines/train_ebst.py --preset ebst_tiny --data runs/quickstart/parquet --storage runs/train \\
-      --with-upstream --upstream-set loop.max_steps=20 --max-steps 10
-  python pipelines/train_ebst.py --preset ebst_tiny --data runs/quickstart/parquet \\
-      --dmn runs/train/dmn-<key>/checkpoint_000000020 --mask-vae mlflow:<mlflow run id>
+      --set generator.resolution=64 --set mask_vae.image_size=64 --max-steps 10 --with-upstream \\
+      --upstream-set loop.max_steps=20
+  python pipelines/train_ebst.py --preset ebst_tiny --data runs/quickstart/parquet --storage runs/train \\
+      --set generator.resolution=64 --set mask_vae.image_size=64 \\
+      --dmn runs/train/dmn-<key> --mask-vae mlflow:<mlflow run id>
   ray job submit --working-dir . -- python pipelines/train_ebst.py --preset ebst_official_512 \\
       --data s3://bucket/parquet --storage s3://bucket/runs --num-workers 8 --gpus-per-worker 1 \\
       --mlflow-uri http://mlflow.internal:5000 --dmn mlflow:<dmn run> --mask-vae mlflow:<maskvae run>
@@ -21,18 +23,20 @@ import dataclasses
 import sys
 
 from maskgan import config as config_lib
-from maskgan.training import cli, dmn, mask_vae, ray_train
+from maskgan.training import checkpoint, cli, dmn, mask_vae, ray_train
 from maskgan.training.ebst import PRESETS, EBSTTrainConfig
 
 # EBST config field -> (what it is, the upstream stage module)
-UPSTREAM = {"mask_vae_checkpoint": ("MaskVAE", mask_vae), "dmn_checkpoint": ("DMN", dmn)}
+UPSTREAM = {"mask_vae_checkpoint": ("MaskVAE", mask_vae, "maskvae"), "dmn_checkpoint": ("DMN", dmn, "dmn")}
 FLAGS = {"mask_vae_checkpoint": "--mask-vae", "dmn_checkpoint": "--dmn"}
 
 
 def build_parser() -> argparse.ArgumentParser:
     description, _, examples = __doc__.partition("\n\n")
     parser = cli.build_parser(description, examples, PRESETS)
-    parser.add_argument("--dmn", metavar="URI|mlflow:RUN", help="DMN checkpoint (sets dmn_checkpoint)")
+    parser.add_argument(
+        "--dmn", metavar="URI|mlflow:RUN", help="DMN checkpoint, run folder (newest checkpoint) or MLflow run"
+    )
     parser.add_argument(
         "--mask-vae", metavar="URI|mlflow:RUN", help="MaskVAE checkpoint (sets mask_vae_checkpoint)"
     )
@@ -74,18 +78,29 @@ def resolve_upstream(
 ) -> tuple[EBSTTrainConfig, dict[str, str]]:
     """Fill dmn_checkpoint / mask_vae_checkpoint; returns the config and {field: how it was found}."""
     updates, used = {}, {}
-    for field, (label, module) in UPSTREAM.items():
+    for field, (label, module, stage) in UPSTREAM.items():
         ref = refs.get(field) or getattr(config, field)
         if ref:
             uri, how = ray_train.resolve_checkpoint_ref(ref, ray_config.tracking)
+            try:  # a run folder or storage root stands for its newest complete checkpoint
+                uri = checkpoint.resolve_checkpoint(uri, config.data.storage, stage=stage)
+            except FileNotFoundError as error:
+                raise ray_train.UpstreamError(f"{label}: {error}") from None
         elif with_upstream:
             preset = (presets or {}).get(field) or upstream_preset(config_preset_name(config), module.PRESETS)
             overrides = [f"data.uri={config.data.uri}", *(upstream_overrides or [])]
             upstream_config = config_lib.load(
                 type(module.PRESETS[preset]()), module.PRESETS[preset](), None, overrides
             )
+            # The upstream networks must be the ones EBST loads: same data, same network configs.
+            networks = (
+                {"model": config.mask_vae}
+                if stage == "maskvae"
+                else {"generator": config.generator, "discriminator": config.discriminator}
+            )
+            shared = {"data": config.data, **networks}
             upstream_config = config_lib.merge(
-                upstream_config, {"data": config_lib.to_dict(config.data, True)}
+                upstream_config, {key: config_lib.to_dict(value, True) for key, value in shared.items()}
             )
             print(f"EBST needs a {label}: training {preset} first (a finished run is reused)")
             result = ray_train.train(upstream_config, dataclasses.replace(ray_config, run_key=None))

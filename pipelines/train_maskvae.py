@@ -1,8 +1,8 @@
 """Train the MaskVAE (mask -> latent -> mask; the edit simulator of EBST) on Ray Train.
 
-Examples:
+Examples (after `make run`, whose dataset is 64 px):
   python pipelines/train_maskvae.py --preset mask_vae_tiny --data runs/quickstart/parquet \\
-      --storage runs/train --max-steps 20
+      --set model.image_size=64 --storage runs/train --max-steps 20
   ray job submit --working-dir . -- python pipelines/train_maskvae.py --preset mask_vae_official_512 \\
       --data s3://bucket/parquet --storage s3://bucket/runs --num-workers 8 --gpus-per-worker 1 \\
       --mlflow-uri http://mlflow.internal:5000
