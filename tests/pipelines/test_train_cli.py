@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from pipelines import train_dmn, train_ebst, train_maskvae
 
 
