@@ -213,6 +213,7 @@ def cli(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--resolution", type=int, default=defaults.resolution, help="output px (default: %(default)s)"
     )
+    add_training_arguments(parser)
     args = parser.parse_args(argv)
     try:
         config = PipelineConfig(workdir=args.workdir, num_images=args.num_images, resolution=args.resolution)
