@@ -236,6 +236,9 @@ def _build_datasets(data_config: Any, *, seed: int, start_epoch: int) -> dict[st
         )
     except ValueError:
         pass  # an empty val split: the loop runs without validation
+    for dataset in datasets.values():
+        # Per-epoch progress bars from every worker would drown the training log.
+        dataset.context.enable_progress_bars = False
     return datasets
 
 
