@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from maskgan.losses import discriminator_loss_on_images
 from maskgan.models import dmn as dmn_models
 from maskgan.models.discriminator import DiscriminatorConfig, discriminator_official, discriminator_tiny
 from maskgan.models.dmn import DMNConfig
@@ -192,15 +193,13 @@ class DMNStage(GANStage):
         generator_norm = self.optimizer_step(self.generator_optimizer)
         self.update_ema()
 
-        # D step: one D forward through its runner on [real; fake.detach()].
+        # D step: one D call through its runner (DDP) on [real; fake]; the helper detaches the fakes.
         with self.autocast():
-            d_real_out, d_fake_out = split_outputs(
-                self.runner("discriminator")(torch.cat([onehot, onehot]), torch.cat([image, fake.detach()])),
-                [size, size],
-            )
-        d_real_loss = self.discriminator_terms(d_real_out, True)
-        d_fake_loss = self.discriminator_terms(d_fake_out, False)
-        discriminator_loss = 0.5 * (d_real_loss + d_fake_loss)
+            d_losses = discriminator_loss_on_images(
+                self.runner("discriminator"), mask=onehot, real_image=image, fake_image=fake,
+                gan_mode=self.losses.gan_mode,
+            )  # fmt: skip
+        d_real_loss, d_fake_loss, discriminator_loss = d_losses["real"], d_losses["fake"], d_losses["total"]
         self.discriminator_optimizer.zero_grad(set_to_none=True)
         self.backward(discriminator_loss)
         discriminator_norm = self.optimizer_step(self.discriminator_optimizer)

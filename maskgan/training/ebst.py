@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from maskgan.labels import one_hot
+from maskgan.losses import DualEditingDiscriminatorWeights, dual_editing_discriminator_loss_on_images
 from maskgan.models import dmn as dmn_models
 from maskgan.models import mask_vae as vae_models
 from maskgan.models.blender import AlphaBlender, BlenderConfig, blender_official, blender_tiny
@@ -54,8 +55,10 @@ class EBSTTrainConfig:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)  # G and D (D x multiplier)
     blender_optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)  # constant lr as released
     discriminator_lr_multiplier: float = 1.0
-    discriminator_real_weight: float = 0.5
-    discriminator_fake_weight: float = 0.25  # each of reconstruction and blend
+    # D total = 0.5 real + 0.25 reconstruction + 0.25 blend (pix2pixHD's 1:1 real:fake balance).
+    discriminator_weights: DualEditingDiscriminatorWeights = field(
+        default_factory=DualEditingDiscriminatorWeights
+    )
     init: str = DEFAULT_INIT  # init of the fresh blender (G and D come from the DMN stage)
     ema_decay: float | None = None
     partner_buffer_size: int = 64  # previous real masks kept as edit partners
@@ -66,9 +69,6 @@ class EBSTTrainConfig:
 
     def __post_init__(self) -> None:
         validate_common(self)
-        for name in ("discriminator_real_weight", "discriminator_fake_weight"):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.partner_buffer_size < 1:
             raise ValueError(f"partner_buffer_size must be >= 1, got {self.partner_buffer_size}")
         if self.mask_vae.image_size != self.generator.resolution:
@@ -89,7 +89,9 @@ def ebst_tiny() -> EBSTTrainConfig:
         mask_vae=vae_models.mask_vae_tiny(),
         perceptual=PerceptualConfig(fallback="none"),
         losses=GANLossConfig(perceptual_weight=0.0, reconstruction_l1_weight=10.0),
-        optimizer=OptimizerConfig(lr=1e-3, betas=(0.5, 0.999)),
+        # G and D fine-tune gently at the release's lr (they come trained from dmn_tiny); the fresh
+        # blender learns fast.
+        optimizer=OptimizerConfig(lr=5e-5, betas=(0.5, 0.999)),
         blender_optimizer=OptimizerConfig(lr=2e-3, betas=(0.5, 0.999)),
         partner_buffer_size=16,
         loop=LoopConfig(
@@ -285,22 +287,14 @@ class EBSTStage(GANStage):
         blender_norm = self.optimizer_step(self.blender_optimizer)
         self.update_ema()
 
+        # D step: one D call through its runner (DDP) on [real; fake; blend]; the helper detaches the fakes.
         with self.autocast():
-            d_real_out, d_fake_out, d_blend_out = split_outputs(
-                self.runner("discriminator")(
-                    onehot.repeat(3, 1, 1, 1), torch.cat([image, fake.detach(), blend.detach()])
-                ),
-                [size] * 3,
-            )
-        d_terms = {
-            "real": self.discriminator_terms(d_real_out, True),
-            "fake_reconstruction": self.discriminator_terms(d_fake_out, False),
-            "fake_blend": self.discriminator_terms(d_blend_out, False),
-        }
-        config = self.config
-        discriminator_loss = config.discriminator_real_weight * d_terms[
-            "real"
-        ] + config.discriminator_fake_weight * (d_terms["fake_reconstruction"] + d_terms["fake_blend"])
+            d_losses = dual_editing_discriminator_loss_on_images(
+                self.runner("discriminator"), mask=onehot, real_image=image, reconstruction=fake, blend=blend,
+                gan_mode=self.losses.gan_mode, weights=self.config.discriminator_weights,
+            )  # fmt: skip
+        discriminator_loss = d_losses.pop("total")
+        d_terms = d_losses
         self.discriminator_optimizer.zero_grad(set_to_none=True)
         self.backward(discriminator_loss)
         discriminator_norm = self.optimizer_step(self.discriminator_optimizer)

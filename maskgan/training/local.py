@@ -124,7 +124,7 @@ def train_local(
         if tracker is not None:
             from maskgan.tracking import image_grid
 
-            tracker.log_image(image_grid(columns), f"images/step_{step:08d}.png", step=step)
+            tracker.log_image(image_grid(columns), "grid", step=step)
         extra.on_images(step, columns)
 
     manifest = manifest_checksum(stage_config.data) if checkpoint_dir is not None else None

@@ -108,3 +108,12 @@ def test_presets_round_trip_through_dicts(name):
     assert config_lib.from_dict(type(config), config_lib.to_dict(config)) == config
     if "tiny" not in name:
         assert config.perceptual.fallback == "error" and config.losses.reconstruction_l1_weight == 0.0
+
+
+def test_bf16_autocast_step_keeps_fp32_weights():
+    config = tiny(loop=dataclasses.replace(tiny().loop, precision="bf16"))
+    stage = dmn.build(config, "cpu")
+    with one_thread():
+        metrics = [stage.step(batch, step) for step, batch in enumerate(batches(2), start=1)]
+    assert all(torch.isfinite(torch.tensor(list(m.values()))).all() for m in metrics)
+    assert all(p.dtype == torch.float32 for p in stage.generator_net.parameters())

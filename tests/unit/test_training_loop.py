@@ -169,3 +169,13 @@ def test_ema_follows_the_live_weights():
 def test_loop_config_errors_name_the_field(field, value, match):
     with pytest.raises(ValueError, match=match):
         dataclasses.replace(tiny_config().loop, **{field: value})
+
+
+def test_fp16_uses_a_grad_scaler_and_still_learns():
+    config = tiny_config(max_steps=20, batch_size=4, precision="fp16", grad_clip=1.0)
+    stage = mask_vae.build(config, "cpu")
+    assert stage.scaler.is_enabled() and not mask_vae.build(tiny_config(), "cpu").scaler.is_enabled()
+    with one_thread():
+        losses = [stage.step(batch, step)["loss/total"] for step, batch in enumerate(batches(12), start=1)]
+    assert all(math.isfinite(loss) for loss in losses) and losses[-1] < losses[0]
+    assert "scaler" in stage.state_dict() and stage.state_dict()["scaler"]["scale"] > 0
