@@ -153,6 +153,17 @@ def test_train_batches_under_streaming_split(dataset):
     assert buffered == epochs(7, shuffle_buffer=8)  # reproducible with the local buffer too
     assert buffered[0] != plain[0] and sorted(buffered[0]) == sorted(shard_of)
     assert buffered[0] != buffered[1]
+    # The local buffer alone (shards in manifest order) is reseeded per epoch too.
+    fixed = loader.ray_dataset(out, "train", shuffle=False)
+    local = [
+        [
+            int(i)
+            for b in loader.train_batches(fixed, 4, epoch=epoch, shuffle_buffer=8, drop_last=False)
+            for i in b["id"]
+        ]
+        for epoch in (0, 1)
+    ]
+    assert local[0] != local[1] and sorted(local[0]) == sorted(local[1])
 
 
 def test_flip_mirrors_image_and_swaps_left_right_classes(dataset):
@@ -217,6 +228,30 @@ def test_ray_path_refuses_a_shard_swapped_from_another_split(tmp_path, dataset, 
     assert train_shard.path in text and "rerun preprocess with --overwrite" in text
     with pytest.raises(loader.ShardMismatchError, match="rerun preprocess with --overwrite"):
         direct_ids(str(out), verify=verify)
+
+
+def test_checksum_catches_an_edit_that_keeps_size_and_parquet_valid(tmp_path, dataset):
+    """One byte changed inside an image: only the sha256 (verify=True) can see it."""
+    source, manifest, _ = dataset
+    out = tmp_path / "out"
+    shutil.copytree(source, out)
+    shard = manifest.shards_of("train")[2]
+    path = out / shard.path
+    data = bytearray(path.read_bytes())
+    image = pq.read_table(path, columns=["image"])["image"][0].as_py()
+    offset = bytes(data).find(image) + len(image) // 2
+    data[offset] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(Exception) as caught:  # noqa: PT011 (a Ray wrapper around ShardMismatchError)
+        ray_ids(loader.ray_dataset(str(out), "train"))
+    assert "does not match its manifest checksum" in error_text(caught.value)
+    assert shard.path in error_text(caught.value)
+    with pytest.raises(loader.ShardMismatchError, match="does not match its manifest checksum"):
+        direct_ids(str(out))
+    # verify=False trades this check for speed: the edited shard is read.
+    assert len(direct_ids(str(out), verify=False)) == len(
+        ray_ids(loader.ray_dataset(str(out), "train", verify=False))
+    )
 
 
 def test_read_shard_checks_split_column_and_row_count(tmp_path, dataset):
