@@ -31,7 +31,17 @@ def test_new_num_images_or_resolution_rebuild(tmp_path, ray_session, capsys):
     """`make run ARGS="--num-images 12"` after a run with 10 must give 12 rows, not the old 10."""
     assert (
         entry.cli(
-            ["--workdir", str(tmp_path), "--num-images", "10", "--resolution", "32", "--image-size", "64"]
+            [
+                "--workdir",
+                str(tmp_path),
+                "--num-images",
+                "10",
+                "--resolution",
+                "32",
+                "--image-size",
+                "64",
+                "--no-train",
+            ]
         )
         == 0
     )
@@ -40,7 +50,17 @@ def test_new_num_images_or_resolution_rebuild(tmp_path, ray_session, capsys):
 
     assert (
         entry.cli(
-            ["--workdir", str(tmp_path), "--num-images", "12", "--resolution", "32", "--image-size", "64"]
+            [
+                "--workdir",
+                str(tmp_path),
+                "--num-images",
+                "12",
+                "--resolution",
+                "32",
+                "--image-size",
+                "64",
+                "--no-train",
+            ]
         )
         == 0
     )
@@ -54,7 +74,17 @@ def test_new_num_images_or_resolution_rebuild(tmp_path, ray_session, capsys):
 
     assert (
         entry.cli(
-            ["--workdir", str(tmp_path), "--num-images", "12", "--resolution", "16", "--image-size", "64"]
+            [
+                "--workdir",
+                str(tmp_path),
+                "--num-images",
+                "12",
+                "--resolution",
+                "16",
+                "--image-size",
+                "64",
+                "--no-train",
+            ]
         )
         == 0
     )
@@ -73,3 +103,31 @@ def test_a_raw_folder_it_did_not_write_is_not_replaced(tmp_path):
     with pytest.raises(PreprocessError, match="did not write them"):
         entry.main(entry.PipelineConfig(workdir=str(tmp_path), num_images=2, resolution=32))
     assert (tmp_path / "celebamask-hq" / "mine.jpg").read_bytes() == b"a person's photo"
+
+
+def test_main_job_trains_the_chain_and_a_rerun_trains_nothing(tmp_path, ray_session, capsys):
+    """`make run` goes on from preprocessing to MaskVAE, DMN and EBST, tracked in one SQLite MLflow."""
+    import mlflow
+
+    args = ["--workdir", str(tmp_path), "--num-images", "16", "--resolution", "32", "--image-size", "64",
+            "--max-steps", "2"]  # fmt: skip
+    assert entry.cli(args) == 0
+    printed = capsys.readouterr().out
+    assert "mlflow ui --backend-store-uri sqlite:///" in printed and "image grids:" in printed
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert sorted(run.data.tags["maskgan.stage"] for run in runs) == ["dmn", "ebst", "maskvae"]
+    assert all(run.info.status == "FINISHED" for run in runs)
+    grids = [line.strip() for line in printed.split("image grids:")[1].splitlines()[1:] if ".png" in line]
+    assert grids and all((tmp_path / grid).exists() or __import__("os").path.exists(grid) for grid in grids)
+
+    assert entry.cli(args) == 0  # the rerun finds every stage finished
+    again = capsys.readouterr().out
+    assert "[train 1/3]" in again
+    runs_after = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert len(runs_after) == 3
+    steps = {
+        run.data.tags["maskgan.stage"]: client.get_metric_history(run.info.run_id, "loss/total")
+        for run in runs_after
+    }
+    assert all(len({m.step for m in history}) == len(history) for history in steps.values())
