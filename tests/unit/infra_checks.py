@@ -107,7 +107,11 @@ def crontab_entries(text: str) -> tuple[dict[str, str], list[tuple[list[str], st
         fields = stripped.split(None, 5)
         if len(fields) < 6:
             raise ValueError(f"crontab line {number}: 5 time fields and a command expected: {line!r}")
-        problems = [p for f, (lo, hi) in zip(fields[:5], CRON_RANGES) for p in cron_field_problems(f, lo, hi)]
+        problems = [
+            p
+            for f, (lo, hi) in zip(fields[:5], CRON_RANGES, strict=True)
+            for p in cron_field_problems(f, lo, hi)
+        ]
         if problems:
             raise ValueError(f"crontab line {number}: {problems}")
         entries.append((fields[:5], fields[5]))
@@ -223,8 +227,9 @@ def kubernetes_exposure_problems(documents: list) -> list[str]:
         if isinstance(node, dict):
             if node.get("kind") == "Ingress":
                 problems.append(f"{where}: Ingress")
-            if node.get("kind") == "Service" and node.get("spec", {}).get("type") in ("LoadBalancer", "NodePort"):
-                problems.append(f"{where}: Service of type {node['spec']['type']}")
+            service_type = node.get("spec", {}).get("type") if node.get("kind") == "Service" else None
+            if service_type in ("LoadBalancer", "NodePort"):
+                problems.append(f"{where}: Service of type {service_type}")
             if node.get("serviceType") not in (None, "ClusterIP"):
                 problems.append(f"{where}: serviceType {node['serviceType']}")
             if "hostPort" in node or node.get("hostNetwork") is True:

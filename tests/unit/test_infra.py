@@ -14,7 +14,6 @@ import os
 import re
 import stat
 import subprocess
-import sys
 import tomllib
 
 import pytest
@@ -75,7 +74,8 @@ def _parse(path):
             assert not line.strip() or line.startswith("#") or re.match(r"^[A-Z_][A-Z0-9_]*=\S*$", line), line
     elif name == "constraints.txt":
         for line in text.splitlines():
-            assert not line.strip() or line.startswith("#") or re.match(r"^[\w.\-\[\],]+==[\w.]+$", line), line
+            pinned = re.match(r"^[\w.\-\[\],]+==[\w.]+$", line)
+            assert not line.strip() or line.startswith("#") or pinned, line
     elif name.endswith(".dockerignore"):
         assert text.strip()
     else:
@@ -176,7 +176,9 @@ def test_mlflow_recipe_runs_a_low_memory_server_with_s3_artefacts(fake_mlflow, t
 
     db = tmp_path / "db" / "mlflow.db"
     result, argv, environment = _run_recipe(
-        fake_mlflow, MLFLOW_ARTIFACTS_DESTINATION="s3://bucket/mlflow", MLFLOW_BACKEND_STORE_URI=f"sqlite:///{db}"
+        fake_mlflow,
+        MLFLOW_ARTIFACTS_DESTINATION="s3://bucket/mlflow",
+        MLFLOW_BACKEND_STORE_URI=f"sqlite:///{db}",
     )
     assert result.returncode == 0, result.stderr
     assert argv[0] == "server"
@@ -286,7 +288,7 @@ def test_raycronjob_runs_exactly_the_rayjob():
     assert raycronjob["spec"]["jobTemplate"] == rayjob["spec"]
     assert checks.cron_field_problems("30", 0, 59) == []
     minute, hour, dom, month, dow = raycronjob["spec"]["schedule"].split()
-    for field, (low, high) in zip((minute, hour, dom, month, dow), checks.CRON_RANGES):
+    for field, (low, high) in zip((minute, hour, dom, month, dow), checks.CRON_RANGES, strict=True):
         assert checks.cron_field_problems(field, low, high) == []
 
 
@@ -426,4 +428,3 @@ def test_dockerfile_builds_the_pinned_project_as_a_non_root_user():
             assert not re.search(r"(?i)secret|password|token|access_key", args), f"{keyword} {args}"
     workdir = [args for keyword, args in instructions if keyword == "WORKDIR"][-1]
     assert workdir == checks.IMAGE_ROOT, "paths in the manifests assume the repository at IMAGE_ROOT"
-
