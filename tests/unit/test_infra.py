@@ -14,6 +14,7 @@ import os
 import re
 import stat
 import subprocess
+import sys
 import tomllib
 
 import pytest
@@ -428,3 +429,37 @@ def test_dockerfile_builds_the_pinned_project_as_a_non_root_user():
             assert not re.search(r"(?i)secret|password|token|access_key", args), f"{keyword} {args}"
     workdir = [args for keyword, args in instructions if keyword == "WORKDIR"][-1]
     assert workdir == checks.IMAGE_ROOT, "paths in the manifests assume the repository at IMAGE_ROOT"
+
+
+def _shell_commands() -> dict[str, str]:
+    """Every shell command line the deployment files hand to a shell, as that shell receives it."""
+    cluster = yaml.safe_load((ROOT / "ray_cluster.yaml").read_text())
+    keys = (
+        "initialization_commands",
+        "setup_commands",
+        "head_start_ray_commands",
+        "worker_start_ray_commands",
+    )
+    found = {f"ray_cluster.{key}[{i}]": command for key in keys for i, command in enumerate(cluster[key])}
+    _, entries = checks.crontab_entries((INFRA / "schedule" / "crontab").read_text())
+    found |= {f"crontab[{i}]": command.replace("\\%", "%") for i, (_, command) in enumerate(entries)}
+    cronjob = next(d for d in load_yaml("infra/schedule/cronjob.yaml") if d["kind"] == "CronJob")
+    container = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+    found["cronjob"] = container["args"][-1].replace("$$", "$")
+    return found
+
+
+@pytest.mark.parametrize("where", sorted(_shell_commands()))
+def test_shell_commands_are_valid_bash(where):
+    result = subprocess.run(["bash", "-n", "-c", _shell_commands()[where]], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_setup_command_checks_the_installed_version(cluster):
+    """The version check really runs: here (maskgan VERSION installed) it passes, for another it fails."""
+    command = next(c for c in cluster["setup_commands"] if "importlib.metadata" in c)
+    python = {"PATH": f"{os.path.dirname(sys.executable)}:/usr/bin:/bin"}
+    assert subprocess.run(["bash", "-c", command], env=python, capture_output=True).returncode == 0
+    other = command.replace(f"'{VERSION}'", "'0.0.0-other'")
+    failed = subprocess.run(["bash", "-c", other], env=python, capture_output=True, text=True)
+    assert failed.returncode != 0 and "expects" in failed.stderr
