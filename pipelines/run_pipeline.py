@@ -3,8 +3,9 @@
 Examples:
   python pipelines/run_pipeline.py
   python pipelines/run_pipeline.py --workdir runs/small --num-images 16 --resolution 32 --max-steps 5
-  python pipelines/run_pipeline.py --no-train          # stop after preprocessing
-Everything stays under --workdir (default runs/quickstart): local Ray, local storage. A rerun reuses
+  python pipelines/run_pipeline.py --no-train
+Everything stays under --workdir (default runs/quickstart): local Ray, local storage, SQLite MLflow;
+--no-train stops after preprocessing, --max-steps N shortens each training stage. A rerun reuses
 what is finished and matches its flags; a different --num-images regenerates the synthetic data and a
 different --num-images or --resolution rebuilds the Parquet output.
 Exit status: 0 done; 1 failed (message says why); 2 bad arguments; 130 interrupted (rerun to continue).
