@@ -32,6 +32,27 @@ COLORS = np.array(
 )  # fmt: skip
 
 
+# Horizontal flip: class id -> the class the same pixels belong to in the mirrored face. A flip turns a
+# left eye / brow / ear into a right one; every other class (earring and necklace included) keeps its id.
+MIRROR_PAIRS: tuple[tuple[str, str], ...] = (("l_eye", "r_eye"), ("l_brow", "r_brow"), ("l_ear", "r_ear"))
+
+
+def _mirror_table() -> np.ndarray:
+    table = np.arange(NUM_CLASSES, dtype=np.uint8)
+    for left, right in MIRROR_PAIRS:
+        table[CLASS_INDEX[left]], table[CLASS_INDEX[right]] = CLASS_INDEX[right], CLASS_INDEX[left]
+    table.setflags(write=False)
+    return table
+
+
+MIRROR = _mirror_table()  # (19,) uint8, an involution: MIRROR[MIRROR] == identity
+
+
+def mirror_label(label: np.ndarray) -> np.ndarray:
+    """(..., H, W) class map -> its horizontal mirror image, left/right classes swapped (labels.MIRROR)."""
+    return MIRROR[np.asarray(label)[..., ::-1]]
+
+
 def part_index(part: str) -> int:
     """Class id of a part file name; raises ValueError naming the known parts."""
     if part not in PART_NAMES:

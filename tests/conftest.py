@@ -124,3 +124,15 @@ def mlflow_server(tmp_path_factory):
             except ProcessLookupError:
                 pass
         log.close()
+
+
+@pytest.fixture(scope="session")
+def train_dataset(tmp_path_factory, ray_session):
+    """A tiny Parquet dataset made by the preprocessing job (32 px; 32 train, 4 val rows): training tests."""
+    from maskgan.data import preprocess
+    from tests.pipelines import preprocess_helpers
+
+    root = tmp_path_factory.mktemp("train-data")
+    preprocess_helpers.write_raw(str(root / "raw"), num_images=40)
+    result = preprocess.run(preprocess_helpers.tiny_config(str(root / "raw"), str(root / "parquet")))
+    return result.output_uri
