@@ -23,6 +23,7 @@ STAGE_MODULES = {
     "MaskVAETrainConfig": "maskgan.training.mask_vae",
     "DMNTrainConfig": "maskgan.training.dmn",
     "EBSTTrainConfig": "maskgan.training.ebst",
+    "ParserTrainConfig": "maskgan.training.parser",
 }
 
 
@@ -107,7 +108,7 @@ def train_local(
         if tracker is not None:
             from maskgan.tracking import image_grid
 
-            tracker.log_image(image_grid(columns), f"images/step_{step:08d}.png", step=step)
+            tracker.log_image(image_grid(columns), "grid", step=step)
         extra.on_images(step, columns)
 
     def on_checkpoint(step: int) -> None:
@@ -138,7 +139,9 @@ def save_stage_checkpoint(stage: Stage, stage_config: Any, directory: str, step:
     meta = {
         "stage": stage.name,
         "step": step,
+        "epoch": None,  # train_local does not count epochs; write_checkpoint requires the key
         "config": config_lib.to_dict(stage_config),
+        "manifest_sha256": None,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     weights = {name: network.state_dict() for name, network in stage.networks().items()}

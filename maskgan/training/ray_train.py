@@ -43,6 +43,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "MaskVAETrainConfig": ("maskvae", "maskgan.training.mask_vae"),
     "DMNTrainConfig": ("dmn", "maskgan.training.dmn"),
     "EBSTTrainConfig": ("ebst", "maskgan.training.ebst"),
+    "ParserTrainConfig": ("parser", "maskgan.training.parser"),
 }
 RESULT_FILE = "result.json"
 CHECKPOINT_PREFIX = "checkpoint_"
