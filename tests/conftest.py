@@ -74,8 +74,21 @@ def s3_bucket(s3_server, request):
 
 
 @pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory):
-    """A real `mlflow server` on 127.0.0.1 (SQLite backend, one worker, ~350 MB); yields its http URI."""
+def mlflow_server_artifacts(s3_server) -> str:
+    """Where the `mlflow_server` keeps artefacts: s3://<bucket>/mlflow on the moto server."""
+    import boto3
+
+    bucket = f"mlflow-server-{os.getpid()}"
+    boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1").create_bucket(Bucket=bucket)
+    return f"s3://{bucket}/mlflow"
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory, s3_server, mlflow_server_artifacts):
+    """A real `mlflow server` on 127.0.0.1 (SQLite backend, one worker, ~350 MB); yields its http URI.
+
+    Artefacts go through the server's proxy (clients need no S3 access) to the moto S3 server.
+    """
     import subprocess
     import sys
     import time
@@ -87,11 +100,12 @@ def mlflow_server(tmp_path_factory):
     command = [
         sys.executable, "-m", "mlflow", "server",
         "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
-        "--artifacts-destination", str(folder / "artifacts"),
+        "--artifacts-destination", mlflow_server_artifacts,
         "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
     ]  # fmt: skip
     # Job execution spawns extra processes (~2.5 GB in all); the tests need none of them.
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    # The server's boto3 reads the endpoint and the fake credentials (aws_env) from its environment.
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_S3_ENDPOINT_URL": s3_server}
     log = open(folder / "server.log", "wb")  # noqa: SIM115 (closed at teardown)
     # Its own session: teardown stops the server and the uvicorn worker it spawned, nothing else.
     process = subprocess.Popen(command, cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT,
