@@ -37,6 +37,7 @@ from torch import nn
 from maskgan import config as config_lib
 from maskgan import editing_rules, storage
 from maskgan.evaluation_features import UNAVAILABLE, FeatureWeightsConfig, fid_metric, lpips_metric
+from maskgan.gate import parse_report
 from maskgan.labels import NUM_CLASSES, one_hot
 from maskgan.storage import StorageConfig
 from maskgan.tracking import TrackingConfig
@@ -459,6 +460,7 @@ def _finish(report: dict, report_uri: str | None, config: EvaluationConfig, trac
 
     if report_uri:
         report["report_uri"] = report_uri
+    parse_report(report)  # the gate's contract (maskgan.gate): a ReportError here is a bug in this module
     data = json.dumps(report, indent=2, sort_keys=True, default=str).encode()
     if report_uri:
         storage.write_bytes(storage.resolve(report_uri, config.storage), data)

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-UNAVAILABLE = "unavailable"
+from maskgan.gate import UNAVAILABLE  # the report contract's word for "not computed"
 KINDS = ("torchscript", "torchmetrics")
 LPIPS_NETS = ("alex", "vgg", "squeeze")
 
