@@ -26,20 +26,26 @@ def _check(label: torch.Tensor, name: str = "label") -> None:
     if label.is_floating_point() or label.dtype == torch.bool:
         raise ValueError(f"{name} must hold integer class ids, got dtype {label.dtype}")
     if label.numel() and (int(label.min()) < 0 or int(label.max()) >= NUM_CLASSES):
-        raise ValueError(f"{name} holds ids in [{int(label.min())}, {int(label.max())}], expected 0..{NUM_CLASSES - 1}")
+        raise ValueError(
+            f"{name} holds ids in [{int(label.min())}, {int(label.max())}], expected 0..{NUM_CLASSES - 1}"
+        )
 
 
 def _per_sample(label: torch.Tensor, edit, *others: torch.Tensor) -> torch.Tensor:
     """Apply edit(sample, *other_samples) -> sample to each (H, W) map of a (B, H, W) batch."""
     if label.dim() == 2:
         return edit(label.clone(), *others)
-    return torch.stack([edit(sample.clone(), *(other[i] for other in others)) for i, sample in enumerate(label)])
+    return torch.stack(
+        [edit(sample.clone(), *(other[i] for other in others)) for i, sample in enumerate(label)]
+    )
 
 
 def changed(original: torch.Tensor, edited: torch.Tensor) -> torch.Tensor:
     """Boolean map of the pixels an edit changed (same shape as its inputs)."""
     if original.shape != edited.shape:
-        raise ValueError(f"original {tuple(original.shape)} and edited {tuple(edited.shape)} masks differ in shape")
+        raise ValueError(
+            f"original {tuple(original.shape)} and edited {tuple(edited.shape)} masks differ in shape"
+        )
     return original != edited
 
 
@@ -62,7 +68,9 @@ def scale_mouth(label: torch.Tensor, factor: float) -> torch.Tensor:
         ys, xs = torch.nonzero(is_mouth, as_tuple=True)
         centre_y, centre_x = ys.float().mean(), xs.float().mean()
         grid_y, grid_x = torch.meshgrid(
-            torch.arange(height, device=sample.device), torch.arange(width, device=sample.device), indexing="ij"
+            torch.arange(height, device=sample.device),
+            torch.arange(width, device=sample.device),
+            indexing="ij",
         )
         source_y = (centre_y + (grid_y - centre_y) / factor).round().long()
         source_x = (centre_x + (grid_x - centre_x) / factor).round().long()
@@ -131,8 +139,13 @@ def add_glasses(label: torch.Tensor, margin: int | None = None) -> torch.Tensor:
         height, width = sample.shape
         region = torch.zeros_like(sample, dtype=torch.bool)
         for top, bottom, left, right in boxes:
-            region[max(0, top - pad) : min(height, bottom + pad + 1), max(0, left - pad) : min(width, right + pad + 1)] = True
-        (top_a, bottom_a, left_a, right_a), (top_b, bottom_b, left_b, right_b) = sorted(boxes, key=lambda b: b[2])
+            region[
+                max(0, top - pad) : min(height, bottom + pad + 1),
+                max(0, left - pad) : min(width, right + pad + 1),
+            ] = True
+        (top_a, bottom_a, left_a, right_a), (top_b, bottom_b, left_b, right_b) = sorted(
+            boxes, key=lambda b: b[2]
+        )
         row = round(((top_a + bottom_a) / 2 + (top_b + bottom_b) / 2) / 2)
         region[row, right_a : left_b + 1] = True  # the bridge between the lenses
         out = sample.clone()

@@ -31,7 +31,6 @@ from pathlib import Path
 
 import torch
 
-from maskgan.gate import UNAVAILABLE  # the report contract's word for "not computed"
 KINDS = ("torchscript", "torchmetrics")
 LPIPS_NETS = ("alex", "vgg", "squeeze")
 
@@ -70,7 +69,7 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
 
 
 def fetch_weights(config: FeatureWeightsConfig) -> Path:
-    """The local file of config.uri (downloaded once into the cache), its sha256 checked; ValueError on mismatch."""
+    """The local file of config.uri (a URL is downloaded once, cached); ValueError on a sha256 mismatch."""
     if not config.configured:
         raise ValueError("no weights configured (uri is empty)")
     uri = config.uri
@@ -89,7 +88,9 @@ def fetch_weights(config: FeatureWeightsConfig) -> Path:
             raise ValueError(f"weights file {path} does not exist")
     actual = file_sha256(path)
     if actual != config.sha256:
-        raise ValueError(f"weights {uri} have sha256 {actual}, expected {config.sha256}: wrong or corrupted file")
+        raise ValueError(
+            f"weights {uri} have sha256 {actual}, expected {config.sha256}: wrong or corrupted file"
+        )
     return path
 
 
@@ -145,7 +146,10 @@ def lpips_metric(config: FeatureWeightsConfig, device: torch.device) -> tuple[Ca
         try:
             import torchvision  # noqa: F401  (installed but broken beside this torch build is common)
         except Exception as error:  # noqa: BLE001
-            return None, f"lpips.kind torchmetrics needs a working torchvision: {type(error).__name__}: {error}"
+            return (
+                None,
+                f"lpips.kind torchmetrics needs a working torchvision: {type(error).__name__}: {error}",
+            )
         from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity
 
         hub = Path(torch.hub.get_dir()) / "checkpoints"

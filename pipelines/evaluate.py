@@ -11,7 +11,8 @@ Examples:
 A folder of checkpoints (a run) means its latest one. The report goes to <checkpoint>/evaluation-<split>.json
 unless --report says otherwise; pipelines/promote.py reads it. FID / LPIPS are "unavailable" in the report
 unless their weights are given (see maskgan/evaluation_features.py for the file formats).
-Exit status: 0 evaluated; 1 the evaluation failed (a "failed" report was written when possible); 2 bad arguments.
+Exit status: 0 evaluated; 1 the evaluation failed (a "failed" report is written when possible);
+2 bad arguments.
 """
 
 from __future__ import annotations
@@ -33,25 +34,49 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=description, epilog=examples, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--model", required=True, metavar="URI", help="checkpoint or run folder (dmn, ebst, parser, maskvae)")
-    parser.add_argument("--parser", metavar="URI", help="parser checkpoint or run folder (mask-fidelity metrics)")
-    parser.add_argument("--mask-vae", metavar="URI", help="MaskVAE checkpoint for simulated edits (default: the model's own)")
-    parser.add_argument("--data", required=True, metavar="URI", help="preprocessed dataset (holds manifest.json)")
-    parser.add_argument("--split", default="val", choices=("val", "test", "train"), help="default: %(default)s")
+    parser.add_argument(
+        "--model", required=True, metavar="URI", help="checkpoint or run folder (dmn, ebst, parser, maskvae)"
+    )
+    parser.add_argument(
+        "--parser", metavar="URI", help="parser checkpoint or run folder (mask-fidelity metrics)"
+    )
+    parser.add_argument(
+        "--mask-vae", metavar="URI", help="MaskVAE checkpoint for simulated edits (default: the model's own)"
+    )
+    parser.add_argument(
+        "--data", required=True, metavar="URI", help="preprocessed dataset (holds manifest.json)"
+    )
+    parser.add_argument(
+        "--split", default="val", choices=("val", "test", "train"), help="default: %(default)s"
+    )
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--max-batches", type=int, help="stop after this many batches (default: the whole split)")
-    parser.add_argument("--report", metavar="URI", help="report location (default: <checkpoint>/evaluation-<split>.json)")
+    parser.add_argument(
+        "--max-batches", type=int, help="stop after this many batches (default: the whole split)"
+    )
+    parser.add_argument(
+        "--report", metavar="URI", help="report location (default: <checkpoint>/evaluation-<split>.json)"
+    )
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... (default: %(default)s)")
-    parser.add_argument("--s3-endpoint", metavar="URL", help="S3 endpoint for data, checkpoints and the report")
+    parser.add_argument(
+        "--s3-endpoint", metavar="URL", help="S3 endpoint for data, checkpoints and the report"
+    )
     for metric in ("fid", "lpips"):
-        parser.add_argument(f"--{metric}-weights", metavar="PATH|URL", help=f"{metric.upper()} network weights")
-        parser.add_argument(f"--{metric}-sha256", metavar="HEX", help=f"sha256 of --{metric}-weights (required with it)")
+        parser.add_argument(
+            f"--{metric}-weights", metavar="PATH|URL", help=f"{metric.upper()} network weights"
+        )
+        parser.add_argument(
+            f"--{metric}-sha256", metavar="HEX", help=f"sha256 of --{metric}-weights (required with it)"
+        )
         parser.add_argument(
             f"--{metric}-kind", default="torchscript", choices=("torchscript", "torchmetrics"),
             help="weights format (default: %(default)s)",
         )  # fmt: skip
-    parser.add_argument("--mlflow-uri", metavar="URI", help="MLflow tracking URI (default: sqlite ./mlflow.db)")
-    parser.add_argument("--experiment", default=TrackingConfig().experiment, help="MLflow experiment (default: %(default)s)")
+    parser.add_argument(
+        "--mlflow-uri", metavar="URI", help="MLflow tracking URI (default: sqlite ./mlflow.db)"
+    )
+    parser.add_argument(
+        "--experiment", default=TrackingConfig().experiment, help="MLflow experiment (default: %(default)s)"
+    )
     parser.add_argument("--no-mlflow", action="store_true", help="write the report only")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override an EvaluationConfig field, e.g. --set grid_rows=8")  # fmt: skip
@@ -62,7 +87,8 @@ def config_from(args: argparse.Namespace) -> tuple[EvaluationConfig, TrackingCon
     """EvaluationConfig + TrackingConfig from the flags (ValueError names a bad field)."""
     weights = {
         metric: FeatureWeightsConfig(
-            uri=getattr(args, f"{metric}_weights"), sha256=getattr(args, f"{metric}_sha256"),
+            uri=getattr(args, f"{metric}_weights"),
+            sha256=getattr(args, f"{metric}_sha256"),
             kind=getattr(args, f"{metric}_kind"),
         )  # fmt: skip
         for metric in ("fid", "lpips")
@@ -73,7 +99,9 @@ def config_from(args: argparse.Namespace) -> tuple[EvaluationConfig, TrackingCon
         device=args.device, storage=StorageConfig(endpoint_url=args.s3_endpoint), **weights,
     )  # fmt: skip
     config = config_lib.load(EvaluationConfig, config, None, args.overrides)
-    tracking = TrackingConfig(tracking_uri=args.mlflow_uri, experiment=args.experiment, enabled=not args.no_mlflow)
+    tracking = TrackingConfig(
+        tracking_uri=args.mlflow_uri, experiment=args.experiment, enabled=not args.no_mlflow
+    )
     return config, tracking
 
 

@@ -74,7 +74,7 @@ def register_parser(result: ray_train.TrainResult, ray_config: ray_train.RayTrai
 def main(
     config: ParserTrainConfig, ray_config: ray_train.RayTrainConfig, *, register: bool = True
 ) -> ray_train.TrainResult:
-    """Train (or resume, or find finished) the parser run these configs name; register its final checkpoint."""
+    """Train (or resume, or find finished) the parser run these configs name; register its checkpoint."""
     result = ray_train.train(config, ray_config)
     cli.print_result(result)
     if register:
@@ -86,7 +86,9 @@ def main(
 
 def run(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    parser.add_argument("--no-register", action="store_true", help=f"do not register the parser as {REGISTERED_NAME}")
+    parser.add_argument(
+        "--no-register", action="store_true", help=f"do not register the parser as {REGISTERED_NAME}"
+    )
     args = parser.parse_args(argv)
     config, ray_config = cli.resolve(parser, args, ParserTrainConfig, PRESETS)
     if args.print_config:

@@ -1,4 +1,4 @@
-"""Face parser: a compact U-Net from a face image to 19-class logits (the mask-fidelity judge, and photo -> mask).
+"""Face parser: a compact U-Net, face image -> 19-class logits (the mask-fidelity judge; photo -> mask).
 
 The release's code base parsed faces with a U-Net at 512 px; this one keeps the shape (conv blocks,
 max-pool down, transposed-conv up, skip concatenation) at small widths, with GroupNorm so that its
@@ -21,7 +21,7 @@ MAX_GROUPS = 8
 
 @dataclass(frozen=True, kw_only=True)
 class ParserConfig:
-    """U-Net shape: image_size must be divisible by 2**num_levels; widths double per level up to max_channels."""
+    """U-Net shape: image_size divisible by 2**num_levels; widths double per level up to max_channels."""
 
     image_size: int = 512
     num_classes: int = NUM_CLASSES
@@ -36,7 +36,8 @@ class ParserConfig:
                 raise ValueError(f"parser.{name} must be an integer >= 1, got {value!r}")
         if self.image_size % 2**self.num_levels:
             raise ValueError(
-                f"parser.image_size {self.image_size} must be divisible by 2**num_levels = {2**self.num_levels}"
+                f"parser.image_size {self.image_size} must be divisible by "
+                f"2**num_levels = {2**self.num_levels}"
             )
         if self.max_channels < self.base_channels:
             raise ValueError(
@@ -46,7 +47,9 @@ class ParserConfig:
     @property
     def channels(self) -> tuple[int, ...]:
         """Width of each level, from full resolution down to the bottleneck (num_levels + 1 entries)."""
-        return tuple(min(self.base_channels * 2**level, self.max_channels) for level in range(self.num_levels + 1))
+        return tuple(
+            min(self.base_channels * 2**level, self.max_channels) for level in range(self.num_levels + 1)
+        )
 
 
 def parser_tiny() -> ParserConfig:
@@ -87,7 +90,8 @@ class FaceParser(nn.Module):
         self.down.extend(_block(widths[level - 1], widths[level]) for level in range(1, len(widths)))
         self.pool = nn.MaxPool2d(2)
         self.up = nn.ModuleList(
-            nn.ConvTranspose2d(widths[level], widths[level - 1], 2, stride=2) for level in range(len(widths) - 1, 0, -1)
+            nn.ConvTranspose2d(widths[level], widths[level - 1], 2, stride=2)
+            for level in range(len(widths) - 1, 0, -1)
         )
         self.merge = nn.ModuleList(
             _block(2 * widths[level - 1], widths[level - 1]) for level in range(len(widths) - 1, 0, -1)

@@ -41,7 +41,12 @@ def parser_tiny() -> ParserTrainConfig:
         model=models.parser_tiny(),
         optimizer=OptimizerConfig(lr=3e-3, betas=(0.9, 0.999)),
         loop=LoopConfig(
-            max_steps=300, batch_size=8, log_every=10, image_every=100, checkpoint_every=100, val_every=100,
+            max_steps=300,
+            batch_size=8,
+            log_every=10,
+            image_every=100,
+            checkpoint_every=100,
+            val_every=100,
             val_batches=2,
         ),  # fmt: skip
     )
@@ -53,8 +58,14 @@ def parser_base_256() -> ParserTrainConfig:
         model=models.parser_base_256(),
         optimizer=OptimizerConfig(lr=1e-3, betas=(0.9, 0.999), constant_steps=20_000, decay_steps=20_000),
         loop=LoopConfig(
-            max_steps=40_000, batch_size=16, log_every=50, image_every=2_000, checkpoint_every=5_000,
-            val_every=2_000, val_batches=8, grad_clip=10.0,
+            max_steps=40_000,
+            batch_size=16,
+            log_every=50,
+            image_every=2_000,
+            checkpoint_every=5_000,
+            val_every=2_000,
+            val_batches=8,
+            grad_clip=10.0,
         ),  # fmt: skip
         data=DataConfig(flip=True),
     )
@@ -66,8 +77,14 @@ def parser_512() -> ParserTrainConfig:
         model=models.parser_512(),
         optimizer=OptimizerConfig(lr=1e-3, betas=(0.9, 0.999), constant_steps=30_000, decay_steps=30_000),
         loop=LoopConfig(
-            max_steps=60_000, batch_size=8, log_every=50, image_every=2_000, checkpoint_every=5_000,
-            val_every=2_000, val_batches=8, grad_clip=10.0,
+            max_steps=60_000,
+            batch_size=8,
+            log_every=50,
+            image_every=2_000,
+            checkpoint_every=5_000,
+            val_every=2_000,
+            val_batches=8,
+            grad_clip=10.0,
         ),  # fmt: skip
         data=DataConfig(flip=True),
     )
@@ -81,7 +98,7 @@ PRESETS: dict[str, Callable[[], ParserTrainConfig]] = {
 
 
 def soft_dice_loss(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-    """1 - mean over (sample, class present in the target) of soft dice; logits (B, C, H, W), label (B, H, W)."""
+    """1 - mean soft dice over (sample, class in the target); logits (B, C, H, W), label (B, H, W)."""
     probabilities = logits.float().softmax(dim=1)
     target = F.one_hot(label, logits.shape[1]).permute(0, 3, 1, 2).float()  # (B, C, H, W)
     intersection = (probabilities * target).sum(dim=(2, 3))
@@ -122,7 +139,12 @@ class ParserStage(Stage):
         return {"parser": self.parser}
 
     def _state_objects(self) -> dict[str, object]:
-        return {"parser": self.parser, "optimizer": self.optimizer, "scheduler": self.scheduler, "scaler": self.scaler}
+        return {
+            "parser": self.parser,
+            "optimizer": self.optimizer,
+            "scheduler": self.scheduler,
+            "scaler": self.scaler,
+        }
 
     def _check_size(self, image: torch.Tensor) -> None:
         size = self.config.model.image_size

@@ -23,7 +23,9 @@ def _entrypoint(name: str):
     return module
 
 
-def test_train_parser_registers_and_evaluate_writes_a_report_the_gate_promotes(tmp_path, train_dataset, ray_session):
+def test_train_parser_registers_and_evaluate_writes_a_report_the_gate_promotes(
+    tmp_path, train_dataset, ray_session
+):
     db = f"sqlite:///{tmp_path}/mlflow.db"
     train_parser = _entrypoint("train_parser")
     code = train_parser.run([
@@ -68,6 +70,7 @@ def test_train_parser_registers_and_evaluate_writes_a_report_the_gate_promotes(t
     # A model that is not there: exit 1 and a failed report where asked.
     failed_report = tmp_path / "failed.json"
     code = evaluate.run([
-        "--model", str(tmp_path / "nothing"), "--data", train_dataset, "--report", str(failed_report), "--no-mlflow",
+        "--model", str(tmp_path / "nothing"), "--data", train_dataset, "--report", str(failed_report),
+        "--no-mlflow",
     ])  # fmt: skip
     assert code == 1 and json.loads(failed_report.read_text())["status"] == "failed"

@@ -37,7 +37,8 @@ def _train_tiny(tmp_path_factory, data_uri: str, module_name: str, preset: str, 
 
     module = importlib.import_module(f"maskgan.training.{module_name}")
     config = config_lib.merge(
-        module.PRESETS[preset](), {"data": {"uri": data_uri}, "loop": {"max_steps": steps, "checkpoint_every": steps}}
+        module.PRESETS[preset](),
+        {"data": {"uri": data_uri}, "loop": {"max_steps": steps, "checkpoint_every": steps}},
     )
     folder = tmp_path_factory.mktemp(f"{module_name}-{steps}")
     return train_local(config, checkpoint_dir=str(folder))

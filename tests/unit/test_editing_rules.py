@@ -40,7 +40,9 @@ def test_grow_mouth_paints_only_over_skin_and_keeps_the_lip_order():
     diff = rules.changed(label, grown)
     assert (label[diff] == SKIN).all(), "a grown mouth covers skin only"
     assert set(grown[diff].tolist()) <= set(rules.MOUTH_CLASSES)
-    rows = [int(grown[:, col][torch.isin(grown[:, col], torch.tensor(rules.MOUTH_CLASSES))][0]) for col in (7, 8)]
+    rows = [
+        int(grown[:, col][torch.isin(grown[:, col], torch.tensor(rules.MOUTH_CLASSES))][0]) for col in (7, 8)
+    ]
     assert rows == [U_LIP, U_LIP], "the upper lip stays the top row"
 
 

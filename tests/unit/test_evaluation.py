@@ -12,12 +12,14 @@ import torch
 
 from maskgan import evaluation
 from maskgan.evaluation import EDIT_KINDS, EDIT_METRICS, UNAVAILABLE, EvaluationConfig, run_evaluation
-from maskgan.evaluation_features import FeatureWeightsConfig, FIDScore, fetch_weights, file_sha256, fid_metric
+from maskgan.evaluation_features import FeatureWeightsConfig, FIDScore, fetch_weights, fid_metric, file_sha256
 from maskgan.tracking import TrackingConfig
 
 # Measured on the 96-image synthetic set (val, 9 faces), parser of 300 steps, MaskVAE of 200 steps:
 # DMN after 300 steps edit/miou 0.253, edit/vae/miou 0.315; the same DMN untrained 0.183 and 0.212.
 MIN_EDIT_MIOU_GAIN = 0.03
+# Three tiny models are trained once for this module (seconds of CPU each; minutes on a loaded machine).
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 GENERATOR_METRICS = (
     "recon/l1", "recon/psnr", "recon/ssim", "recon/miou", "style/pixel_accuracy", "style/miou",
@@ -29,7 +31,12 @@ WEIGHTED_METRICS = ("fid/reconstruction", "fid/style_copy", "lpips")
 
 
 def config_for(model_uri, data_uri, tmp_path, **overrides) -> EvaluationConfig:
-    values = {"model_uri": model_uri, "data_uri": data_uri, "split": "val", "report_uri": str(tmp_path / "report.json")}
+    values = {
+        "model_uri": model_uri,
+        "data_uri": data_uri,
+        "split": "val",
+        "report_uri": str(tmp_path / "report.json"),
+    }
     return EvaluationConfig(**{**values, **overrides})
 
 
@@ -42,7 +49,11 @@ def trained_evaluation(tmp_path_factory, tiny_parquet, trained_dmn, trained_pars
     """run_evaluation of the trained tiny DMN with parser and MaskVAE, tracked in a tmp SQLite MLflow."""
     folder = tmp_path_factory.mktemp("evaluation")
     config = config_for(
-        trained_dmn, tiny_parquet, folder, parser_uri=trained_parser.checkpoints[-1], mask_vae_uri=trained_mask_vae
+        trained_dmn,
+        tiny_parquet,
+        folder,
+        parser_uri=trained_parser.checkpoints[-1],
+        mask_vae_uri=trained_mask_vae,
     )
     return run_evaluation(config, tracking_for(folder)), folder
 
@@ -50,12 +61,24 @@ def trained_evaluation(tmp_path_factory, tiny_parquet, trained_dmn, trained_pars
 def test_evaluation_reports_every_metric_and_logs_them_to_mlflow(trained_evaluation):
     result, folder = trained_evaluation
     report = result.report
-    assert report["status"] == "ok" and report["split"] == "val" and report["stage"] == "dmn" and report["step"] == 300
+    assert (
+        report["status"] == "ok"
+        and report["split"] == "val"
+        and report["stage"] == "dmn"
+        and report["step"] == 300
+    )
     metrics = report["metrics"]
     assert set(metrics) == set(GENERATOR_METRICS) | set(WEIGHTED_METRICS)
     for name in GENERATOR_METRICS:
         assert isinstance(metrics[name], float) and math.isfinite(metrics[name]), name
-    for name in ("recon/ssim", "recon/miou", "edit/miou", "style/miou", "parser/miou", "edit/vae/changed_accuracy"):
+    for name in (
+        "recon/ssim",
+        "recon/miou",
+        "edit/miou",
+        "style/miou",
+        "parser/miou",
+        "edit/vae/changed_accuracy",
+    ):
         assert 0.0 <= metrics[name] <= 1.0, name
     assert metrics["recon/psnr"] > 0 and 0 < metrics["recon/l1"] < 1
     # No FID / LPIPS weights configured: said so, with the reason, never a number.
@@ -74,7 +97,9 @@ def test_evaluation_reports_every_metric_and_logs_them_to_mlflow(trained_evaluat
     assert run.data.tags["maskgan.eval.fid/reconstruction"].startswith(UNAVAILABLE)
     images = [a.path for a in client.list_artifacts(run.info.run_id, "images")]
     assert len(images) == 1 and images[0].endswith(".png")
-    assert [a.path for a in client.list_artifacts(run.info.run_id, "evaluation")] == ["evaluation/report.json"]
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "evaluation")] == [
+        "evaluation/report.json"
+    ]
 
 
 def test_report_follows_the_gate_contract(trained_evaluation):
@@ -89,11 +114,18 @@ def test_trained_editor_follows_edited_masks_better_than_an_untrained_one(
     trained_evaluation, untrained_dmn, tiny_parquet, trained_parser, trained_mask_vae, tmp_path
 ):
     config = config_for(
-        untrained_dmn, tiny_parquet, tmp_path, parser_uri=trained_parser.checkpoints[-1], mask_vae_uri=trained_mask_vae
+        untrained_dmn,
+        tiny_parquet,
+        tmp_path,
+        parser_uri=trained_parser.checkpoints[-1],
+        mask_vae_uri=trained_mask_vae,
     )
     untrained = run_evaluation(config, TrackingConfig(enabled=False)).report["metrics"]
     trained = trained_evaluation[0].report["metrics"]
-    assert trained["edit/miou"] > untrained["edit/miou"] + MIN_EDIT_MIOU_GAIN, (trained["edit/miou"], untrained["edit/miou"])
+    assert trained["edit/miou"] > untrained["edit/miou"] + MIN_EDIT_MIOU_GAIN, (
+        trained["edit/miou"],
+        untrained["edit/miou"],
+    )
     assert trained["edit/vae/miou"] > untrained["edit/vae/miou"] + MIN_EDIT_MIOU_GAIN
     assert trained["recon/l1"] < untrained["recon/l1"]
 
@@ -118,7 +150,9 @@ def test_a_failed_evaluation_writes_a_failed_report_and_a_failed_run(tiny_parque
     with pytest.raises(FileNotFoundError):
         run_evaluation(config, tracking_for(tmp_path))
     report = json.loads((tmp_path / "report.json").read_text())
-    assert report["status"] == "failed" and "no-such-checkpoint" in report["error"] and report["metrics"] == {}
+    assert (
+        report["status"] == "failed" and "no-such-checkpoint" in report["error"] and report["metrics"] == {}
+    )
     client = mlflow.MlflowClient(tracking_for(tmp_path).tracking_uri)
     assert client.get_run(report["mlflow_run_id"]).info.status == "FAILED"
 
@@ -150,7 +184,9 @@ def _script(module: torch.nn.Module, path) -> FeatureWeightsConfig:
 def test_fid_and_lpips_are_numbers_with_pinned_torchscript_weights(trained_dmn, tiny_parquet, tmp_path):
     fid, lpips = _script(_Features(), tmp_path / "fid.pt"), _script(_Distance(), tmp_path / "lpips.pt")
     config = config_for(trained_dmn, tiny_parquet, tmp_path, fid=fid, lpips=lpips, max_batches=1)
-    metrics, unavailable, _, _ = evaluation.evaluate(evaluation.load_models(config), _val_batches(tiny_parquet), config)
+    metrics, unavailable, _, _ = evaluation.evaluate(
+        evaluation.load_models(config), _val_batches(tiny_parquet), config
+    )
     assert all(isinstance(metrics[name], float) and metrics[name] >= 0 for name in WEIGHTED_METRICS), metrics
     assert not any(name in unavailable for name in WEIGHTED_METRICS)
     assert metrics["lpips"] == pytest.approx(2 * metrics["recon/l1"], rel=1e-4)  # [-1, 1] vs [0, 1] units

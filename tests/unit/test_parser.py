@@ -47,6 +47,8 @@ def test_soft_dice_is_zero_for_a_confident_right_answer_and_positive_otherwise()
     assert float(metrics["pixel_accuracy"]) == 1.0 and float(metrics["miou"]) == 1.0
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(1200)  # trains the tiny parser (300 steps); the budget covers a loaded machine
 def test_tiny_parser_learns_the_synthetic_faces(trained_parser, tiny_parquet):
     val = trained_parser.result.val_metrics
     assert val["val/miou"] >= MIN_VAL_MIOU, val
