@@ -9,7 +9,8 @@ from maskgan.models.parser import FaceParser, ParserConfig, build_parser, parser
 from maskgan.training import checkpoint
 from maskgan.training.parser import segmentation_metrics, soft_dice_loss
 
-# Measured: 300 steps of parser_tiny on the 96-image synthetic set reach val mIoU 0.396, pixel accuracy
+# Measured: 300 steps of parser_tiny on the 96-image synthetic set reach val mIoU 0.396 and 0.501 in two runs
+# (CPU training is not bit-reproducible across thread counts), pixel accuracy
 # 0.874 (an untrained parser: mIoU ~0.01). The asserts keep a margin below that.
 MIN_VAL_MIOU = 0.30
 MIN_VAL_PIXEL_ACCURACY = 0.80
