@@ -24,6 +24,7 @@ STAGE_MODULES = {
     "MaskVAETrainConfig": "maskgan.training.mask_vae",
     "DMNTrainConfig": "maskgan.training.dmn",
     "EBSTTrainConfig": "maskgan.training.ebst",
+    "ParserTrainConfig": "maskgan.training.parser",
 }
 
 

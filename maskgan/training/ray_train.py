@@ -44,6 +44,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "MaskVAETrainConfig": ("maskvae", "maskgan.training.mask_vae"),
     "DMNTrainConfig": ("dmn", "maskgan.training.dmn"),
     "EBSTTrainConfig": ("ebst", "maskgan.training.ebst"),
+    "ParserTrainConfig": ("parser", "maskgan.training.parser"),
 }
 RESULT_FILE = "result.json"
 STOPPED_FILE = "stopped.json"  # written by rank 0 when a non-finite loss stopped the run
