@@ -218,3 +218,31 @@ def _val_batches(uri: str):
     from maskgan.data import loader
 
     return loader.iter_batches(uri, "val", 8)
+
+
+def test_a_registered_editor_is_evaluated_by_its_registry_alias(
+    trained_dmn, trained_parser, tiny_parquet, tmp_path
+):
+    """`evaluate --model models:/maskgan-editor@champion`: the registered pyfunc's networks are evaluated."""
+    from maskgan.editing.pyfunc import log_editor_model
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    run_id = client.create_run(client.create_experiment("editor-alias")).info.run_id
+    log_editor_model(
+        run_id, trained_dmn, parser_checkpoint=trained_parser.checkpoints[-1],
+        registered_model_name="maskgan-editor", tracking_uri=uri,
+    )  # fmt: skip
+    version = client.search_model_versions("name='maskgan-editor'")[0].version
+    client.set_registered_model_alias("maskgan-editor", "champion", version)
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)  # models:/ URIs resolve against the process's registry
+    try:
+        config = config_for("models:/maskgan-editor@champion", tiny_parquet, tmp_path, max_batches=1)
+        report = run_evaluation(config, TrackingConfig(enabled=False)).report
+    finally:
+        mlflow.set_tracking_uri(previous)
+    assert report["status"] == "ok" and report["model_uri"] == "models:/maskgan-editor@champion"
+    assert isinstance(report["metrics"]["recon/l1"], float) and isinstance(
+        report["metrics"]["edit/miou"], float
+    )

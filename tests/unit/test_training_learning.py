@@ -3,16 +3,22 @@
 One tiny DMN is trained once per session and shared: its val reconstruction L1 falls from the
 untrained model's; swapping its style reference changes its output far more than an untrained one's;
 and EBST started from its weights (fresh blender, a briefly trained MaskVAE) keeps the reconstruction
-with a blend better than either edited render (that the blend gets closer to the real image than at
-the start of EBST is an xfail: not reached within the CPU budget, numbers in its reason).
+with a blend better than either edited render.
 
-Why not "L1 falls 3x" on val: on this synthetic data half the pixels are background in a uniformly
-random colour per face. Measured on the val split: untrained tiny DMN 0.42-0.48; the best any
-style-blind generator can do (each class painted its train-set median colour) 0.353; perfect
-per-face class colours 0.060. A 3x fall (<= 0.15) needs near-perfect style transfer of unseen faces'
-colours, which the released decoder (instance norms after the AdaIN bottleneck) learns slowly: the
-tiny preset reaches 0.33-0.40 after 300 steps (train L1 falls 3.7x in 600 steps of pure L1: it fits
-the train faces first). The tests assert what 300 CPU steps reach, with margin.
+Two acceptance checks of issue 7 are NOT reached on this data within a CPU test budget and stay
+strict xfails with their numbers: val L1 falling >= 3x, and the EBST blend getting closer to the real
+image than at the start of EBST. Why (measured with benchmarks/dmn_learning.py, 32 px, 78 train /
+9 val faces): half the pixels are background in a uniformly random colour per face, so a style-blind
+generator can do no better than 0.353 (untrained: 0.42-0.49) and 3x (<= ~0.15) needs near-perfect
+transfer of unseen faces' colours (perfect per-face class colours: 0.060). The generator memorises
+the 78 train faces through their masks instead: pure L1, no GAN, 600 steps reaches train L1 0.09
+but val 0.24. Randomly permuting / sign-flipping each train image's RGB channels stops that (val
+0.21-0.22, 2.2-2.3x, in 600 steps, pure L1 or the preset's GAN + FM + L1, with a full-resolution
+AdaIN bottleneck: num_downsample 0, so no instance norm follows the AdaIN blocks; encoder width 8,
+batch 8, lr 1e-3), still short of 3x and ~4x the test budget (1200 pure-L1 steps: 0.187, 2.6x,
+still falling slowly); without the jitter the same runs
+stop at 0.24-0.30. The EBST blend can only be as good as G's renders, which carry this
+reconstruction error, so its L1 moves with G's val L1, not with the blender's.
 """
 
 from __future__ import annotations
@@ -33,7 +39,8 @@ from maskgan.training.loop import run_loop, validate
 DMN_STEPS = 300
 MASK_VAE_STEPS = 100
 EBST_STEPS = 80
-L1_FACTOR = 1.1  # measured 1.16-1.45x over 6 runs (seeds 0-2, both inits)
+L1_FALLS = 1.1  # regression floor, NOT the acceptance check: measured 1.16-1.45x over 6 runs
+L1_FACTOR = 3.0  # issue 7 acceptance check (strict xfail below)
 VAL_BATCHES = 2
 
 
@@ -79,6 +86,20 @@ def dmn_run(tiny_parquet):
 
 
 def test_dmn_reconstruction_l1_on_val_falls(dmn_run, tiny_parquet):
+    """Regression floor: training moves val L1 the right way (the 3x check is the xfail below)."""
+    before, stage = dmn_run
+    after = val_metrics(stage, tiny_parquet)
+    assert after["val/l1"] * L1_FALLS <= before["val/l1"], (before, after)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 7 acceptance, not reached in a CPU test budget: val L1 0.42-0.48 -> 0.33-0.40 after "
+    "300 steps (1.16-1.45x); best variant measured (full-res AdaIN, RGB channel jitter, pure L1, 600 "
+    "steps) 0.49 -> 0.21 (2.3x), with GAN + FM 0.22; a style-blind generator's floor is 0.353 "
+    "(see module doc)",
+)
+def test_dmn_reconstruction_l1_on_val_falls_3x(dmn_run, tiny_parquet):
     before, stage = dmn_run
     after = val_metrics(stage, tiny_parquet)
     assert after["val/l1"] * L1_FACTOR <= before["val/l1"], (before, after)
@@ -121,9 +142,10 @@ def test_ebst_blend_beats_its_edited_renders_and_keeps_the_reconstruction(ebst_r
 
 
 @pytest.mark.xfail(
-    strict=False,
-    reason="not reached in 80 CPU steps on this data: blend L1 0.377 -> 0.379, 0.385 -> 0.391 and "
-    "0.404 -> 0.417 in three sessions (0.331 -> 0.329 once); the background-colour error dominates",
+    strict=True,
+    reason="issue 7 acceptance, not reached: the blend's L1 is G's val reconstruction error (0.38, "
+    "G fits the train faces, see module doc) plus a little on the edited pixels; blend L1 0.377 -> "
+    "0.379 in 80 steps here, 0.382 -> 0.386 in 160 steps, 0.382 -> 0.385 with G at lr 5e-4",
 )
 def test_ebst_brings_the_blend_of_edited_renders_closer_to_the_real_image(ebst_run):
     before, after = ebst_run
