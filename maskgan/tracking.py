@@ -173,6 +173,16 @@ def _client(tracking_uri: str) -> mlflow.MlflowClient:
     return mlflow.MlflowClient(tracking_uri=tracking_uri)
 
 
+def _beside_database(client: mlflow.MlflowClient) -> str | None:
+    """For an SQLite store with no artifact_location: file://<db folder>/mlartifacts. MLflow's own default
+    (./mlruns of whichever process creates the experiment) would land in a Ray worker's working folder."""
+    uri = client.tracking_uri
+    if not uri.startswith("sqlite:///"):
+        return None
+    folder = os.path.dirname(os.path.abspath(uri.removeprefix("sqlite:///")))
+    return "file://" + os.path.join(folder, "mlartifacts")
+
+
 def _experiment_id(client: mlflow.MlflowClient, config: TrackingConfig, create: bool) -> str | None:
     from mlflow.exceptions import MlflowException
 
@@ -181,7 +191,9 @@ def _experiment_id(client: mlflow.MlflowClient, config: TrackingConfig, create: 
         if not create:
             return None
         try:
-            return client.create_experiment(config.experiment, artifact_location=config.artifact_location)
+            return client.create_experiment(
+                config.experiment, artifact_location=config.artifact_location or _beside_database(client)
+            )
         except MlflowException:
             experiment = client.get_experiment_by_name(config.experiment)  # another driver made it first
             if experiment is None:

@@ -206,3 +206,18 @@ def test_artifacts_land_in_s3(sqlite_config, s3_bucket, restore_env):
     )
     with pytest.raises(ValueError, match="set the credentials in the environment"):
         Tracker.start(config, run_key="s3b", stage="dmn", params={}, tags={}, storage=explicit)
+
+
+def test_sqlite_artefacts_default_beside_the_database_not_the_working_folder(
+    tmp_path, monkeypatch, restore_env
+):
+    """With no artifact_location, a Ray worker's working folder must not receive the run's images."""
+    work = tmp_path / "worker-cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    config = TrackingConfig(tracking_uri=f"sqlite:///{tmp_path}/store/mlflow.db", experiment="beside-db")
+    tracker = Tracker.start(config, run_key="k", stage="dmn", params=PARAMS, tags={})
+    tracker.log_image(grid(), "grid", step=1)
+    tracker.finish()
+    assert not (work / "mlruns").exists()
+    assert list((tmp_path / "store" / "mlartifacts").rglob("grid_step*.png"))
