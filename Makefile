@@ -10,11 +10,17 @@ STAMP := $(VENV)/.installed
 # On a machine without an NVIDIA GPU take the local CPU build of torch (minutes, not a multi-GB download).
 TORCH_SPEC := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo 'torch>=2.13' || echo 'torch==2.13.0')
 
+# apt-get needs root: use sudo where we are not root and it exists.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo >/dev/null 2>&1 && [ "$$(id -u)" != 0 ] && echo sudo)
+
 export RAY_AUTH_MODE ?= disabled
 export RAY_USAGE_STATS_ENABLED ?= 0
 export PYTHONUNBUFFERED ?= 1
 
-.PHONY: run test venv clean
+.PHONY: run test venv browser clean
+
+# The web editor's browser test drives Debian's Chromium through its matching ChromeDriver.
+CHROMIUM_STAMP := $(VENV)/.chromium
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,7 +33,14 @@ venv: $(STAMP)
 run: $(STAMP)
 	$(PY) pipelines/run_pipeline.py $(ARGS)
 
-test: $(STAMP)
+$(CHROMIUM_STAMP): $(STAMP)
+	command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 || \
+	  { $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
+	touch $(CHROMIUM_STAMP)
+
+browser: $(CHROMIUM_STAMP)
+
+test: $(STAMP) $(CHROMIUM_STAMP)
 	$(PY) -m pytest $(ARGS)
 
 clean:
