@@ -59,9 +59,15 @@ def driver(tmp_path_factory):
 
 
 @pytest.fixture
-def page(driver, serve_app):
+def app_url(serve_app) -> str:
+    """http://127.0.0.1:<port> of the Serve app (tests/serving/conftest.py)."""
+    return serve_app.url
+
+
+@pytest.fixture
+def page(driver, app_url):
     """The editor page, freshly loaded and ready (classes and samples fetched)."""
-    driver.get(f"{serve_app}/")
+    driver.get(f"{app_url}/")
     _wait(driver, lambda d: d.execute_script("return document.body.dataset.ready === 'true'"))
     assert not driver.find_element("id", "error").is_displayed(), _text(driver, "error")
     return driver
@@ -168,11 +174,13 @@ def _paint_new_class(driver) -> tuple[np.ndarray, np.ndarray, int]:
     return original, edited, new_class
 
 
-def test_paint_apply_shows_an_edit_that_differs_where_painted(page, serve_app, tmp_path):
+def test_paint_apply_shows_an_edit_that_differs_where_painted(page, app_url, tmp_path):
     driver = page
     sample = _load_first_sample(driver)
     photo = _pixels(driver, "original")
-    served_photo = np.asarray(Image.open(io.BytesIO(requests.get(f"{serve_app}/api/samples/{sample}/image").content)).convert("RGB"))
+    served_photo = np.asarray(
+        Image.open(io.BytesIO(requests.get(f"{app_url}/api/samples/{sample}/image").content)).convert("RGB")
+    )
     np.testing.assert_array_equal(photo, served_photo)
 
     original, edited, new_class = _paint_new_class(driver)
@@ -190,7 +198,12 @@ def test_paint_apply_shows_an_edit_that_differs_where_painted(page, serve_app, t
     driver.find_element("id", "apply").click()
     _idle(driver)
     assert not driver.find_element("id", "error").is_displayed(), _text(driver, "error")
-    _wait(driver, lambda d: d.execute_script("const r = document.getElementById('result'); return !r.hidden && r.complete && r.naturalWidth > 0"))
+    _wait(
+        driver,
+        lambda d: d.execute_script(
+            "const r = document.getElementById('result');return !r.hidden && r.complete && r.naturalWidth > 0"
+        ),
+    )
     result = _pixels(driver, "result")
     assert result.shape == photo.shape, f"result {result.shape} != photo {photo.shape}"
     _screenshot(driver, tmp_path, "browser_edit.png")
@@ -202,7 +215,7 @@ def test_paint_apply_shows_an_edit_that_differs_where_painted(page, serve_app, t
             "mask": ("mask.png", _png(COLORS[original]), "image/png"),
             "edited_mask": ("edited.png", _png(COLORS[edited_mask]), "image/png"),
         }
-        response = requests.post(f"{serve_app}/api/edit", files=files, timeout=TIMEOUT_S)
+        response = requests.post(f"{app_url}/api/edit", files=files, timeout=TIMEOUT_S)
         assert response.status_code == 200, response.text
         return np.asarray(Image.open(io.BytesIO(response.content)).convert("RGB")).astype(np.int16)
 
@@ -252,12 +265,14 @@ def test_undo_redo_keys_and_eraser(page, tmp_path):
     assert not (erased == new_class).any(), "the eraser left part of the stroke"
 
 
-def test_a_refused_upload_shows_the_server_message(page, serve_app, tmp_path):
+def test_a_refused_upload_shows_the_server_message(page, app_url, tmp_path):
     driver = page
     not_an_image = tmp_path / "notes.png"
     not_an_image.write_bytes(b"this is a text file, not a PNG\n")
     response = requests.post(
-        f"{serve_app}/api/parse", files={"image": ("image.png", not_an_image.read_bytes(), "image/png")}, timeout=TIMEOUT_S
+        f"{app_url}/api/parse",
+        files={"image": ("image.png", not_an_image.read_bytes(), "image/png")},
+        timeout=TIMEOUT_S,
     )
     assert 400 <= response.status_code < 500, response.text
     detail = response.json()["detail"]
