@@ -265,6 +265,41 @@ def test_undo_redo_keys_and_eraser(page, tmp_path):
     assert not (erased == new_class).any(), "the eraser left part of the stroke"
 
 
+def test_style_copy_of_a_reference_sample(page, app_url):
+    from selenium.webdriver.support.ui import Select
+
+    driver = page
+    _load_first_sample(driver)
+    target = color_to_label(_pixels(driver, "mask-canvas"))
+    select = Select(driver.find_element("id", "reference-select"))
+    reference = [option.get_attribute("value") for option in select.options if option.get_attribute("value")][
+        -1
+    ]
+    select.select_by_value(reference)
+    _idle(driver)
+    driver.find_element("id", "style-copy").click()
+    _idle(driver)
+    assert not driver.find_element("id", "error").is_displayed(), _text(driver, "error")
+    result = _pixels(driver, "result")
+    assert result.shape == (*target.shape, 3)
+    assert "style copy" in _text(driver, "result-caption")
+
+    def served(path: str) -> bytes:
+        response = requests.get(f"{app_url}/api/samples/{reference}/{path}", timeout=TIMEOUT_S)
+        assert response.status_code == 200, response.text
+        return response.content
+
+    files = {
+        "target_mask": ("target.png", _png(COLORS[target]), "image/png"),
+        "reference_image": ("reference.png", served("image"), "image/png"),
+        "reference_mask": ("reference_mask.png", served("mask"), "image/png"),
+    }
+    response = requests.post(f"{app_url}/api/style-copy", files=files, timeout=TIMEOUT_S)
+    assert response.status_code == 200, response.text
+    expected = np.asarray(Image.open(io.BytesIO(response.content)).convert("RGB")).astype(np.int16)
+    assert np.abs(expected - result).max() <= 2, "the page's result is not the server's style copy"
+
+
 def test_a_refused_upload_shows_the_server_message(page, app_url, tmp_path):
     driver = page
     not_an_image = tmp_path / "notes.png"

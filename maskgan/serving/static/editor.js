@@ -224,6 +224,13 @@ function styleCopy() {
 
 // ------------------------------------------------------------------------------------ painting
 
+// Readable names for the dataset's terse ones (the dataset name stays in the tooltip).
+const READABLE = {
+  eye_g: "glasses", l_eye: "left eye", r_eye: "right eye", l_brow: "left brow", r_brow: "right brow",
+  l_ear: "left ear", r_ear: "right ear", u_lip: "upper lip", l_lip: "lower lip", ear_r: "earring",
+  neck_l: "necklace",
+};
+
 function selectClass(id) {
   state.classId = id;
   state.eraser = false;
@@ -242,11 +249,11 @@ function buildPalette(classes) {
     button.id = `class-${id}`;
     button.dataset.classId = String(id);
     button.setAttribute("role", "radio");
-    button.title = `${id}: ${name}`;
+    button.title = `class ${id}: ${name}`;
     const swatch = document.createElement("span");
     swatch.className = "swatch";
     swatch.style.background = `rgb(${color.join(",")})`;
-    button.append(swatch, document.createTextNode(name));
+    button.append(swatch, document.createTextNode(READABLE[name] || name));
     button.addEventListener("click", () => selectClass(id));
     palette.append(button);
   }
