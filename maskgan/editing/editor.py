@@ -205,20 +205,11 @@ class Editor:
 
     def prepare_edit(self, image: Any, mask: Any, edited_mask: Any) -> Request:
         """Decode and check an edit's inputs (every ValueError comes from here, before any tensor)."""
-        rgb = load_image("image", image, self.limits)
-        ids = load_mask("mask", mask, self.limits)
-        edited = load_mask("edited_mask", edited_mask, self.limits)
-        check_same_shape("image", size_of(rgb), "mask", size_of(ids))
-        check_same_shape("mask", size_of(ids), "edited_mask", size_of(edited))
-        return Request("edit", rgb, ids, edited, size_of(rgb))
+        return prepare_edit(image, mask, edited_mask, self.limits)
 
     def prepare_style_copy(self, target_mask: Any, reference_image: Any, reference_mask: Any) -> Request:
         """Decode and check a style copy's inputs."""
-        target = load_mask("target_mask", target_mask, self.limits)
-        rgb = load_image("reference_image", reference_image, self.limits)
-        ids = load_mask("reference_mask", reference_mask, self.limits)
-        check_same_shape("reference_image", size_of(rgb), "reference_mask", size_of(ids))
-        return Request("style_copy", rgb, ids, target, size_of(target))
+        return prepare_style_copy(target_mask, reference_image, reference_mask, self.limits)
 
     def prepare_parse(self, image: Any) -> Request:
         """Check that a parser is loaded, decode and check the photo."""
@@ -228,26 +219,51 @@ class Editor:
                 "parser=<module or parser checkpoint URI> when loading, or use a registered maskgan-editor "
                 "that bundles one"
             )
-        rgb = load_image("image", image, self.limits)
-        return Request("parse", rgb, None, None, size_of(rgb))
+        return prepare_parse(image, self.limits)
 
     def run(self, request: Request) -> Image.Image | np.ndarray:
         """Run a prepared request: an RGB image (edit, style_copy) or (H, W) uint8 class ids (parse)."""
-        if request.op == "parse":
-            return self._parse(request.image, request.out_size)
-        out = self._generate(request.target_mask, request.reference_mask, request.image)
-        return out.resize(request.out_size, Image.Resampling.BICUBIC)
+        return self.run_batch([request])[0]
 
-    def _parse(self, rgb: np.ndarray, out_size: tuple[int, int]) -> np.ndarray:
-        size = _parser_resolution(self.parser) or self.resolution
-        with torch.inference_mode():
-            logits = self.parser(self._image_tensor(rgb, size))  # (1, 19, size, size)
-        if logits.dim() != 4 or logits.shape[:2] != (1, NUM_CLASSES):
-            raise ValueError(
-                f"the parser returned shape {tuple(logits.shape)}; expected (1, 19, H, W) logits"
+    def run_batch(self, requests: list[Request]) -> list[Image.Image | np.ndarray]:
+        """Run prepared requests, one network call per kind (parse / generate): outputs in input order.
+
+        Every network is per-sample (instance norm, AdaIN, GroupNorm): a batch gives each request
+        what it would get alone, up to float rounding.
+        """
+        outputs: list[Image.Image | np.ndarray | None] = [None] * len(requests)
+        parse = [i for i, request in enumerate(requests) if request.op == "parse"]
+        generate = [i for i, request in enumerate(requests) if request.op != "parse"]
+        if parse:
+            ids = self._parse([requests[i].image for i in parse])
+            for i, class_ids in zip(parse, ids, strict=True):
+                outputs[i] = np.asarray(
+                    Image.fromarray(class_ids).resize(requests[i].out_size, Image.Resampling.NEAREST)
+                )
+        if generate:
+            chosen = [requests[i] for i in generate]
+            images = self._generate(
+                [r.target_mask for r in chosen], [r.reference_mask for r in chosen], [r.image for r in chosen]
             )
-        ids = logits.argmax(dim=1)[0].to(torch.uint8).cpu().numpy()
-        return np.asarray(Image.fromarray(ids).resize(out_size, Image.Resampling.NEAREST))
+            for i, image in zip(generate, images, strict=True):
+                outputs[i] = image.resize(requests[i].out_size, Image.Resampling.BICUBIC)
+        return outputs
+
+    def _parse(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        """Photos -> (size, size) uint8 class ids at the parser's resolution."""
+        if self.parser is None:
+            raise ValueError(
+                f"no face parser is loaded in this editor ({self.source.kind} {self.source.uri})"
+            )
+        size = _parser_resolution(self.parser) or self.resolution
+        batch = torch.cat([self._image_tensor(rgb, size) for rgb in images])
+        with torch.inference_mode():
+            logits = self.parser(batch)  # (B, 19, size, size)
+        if logits.dim() != 4 or logits.shape[:2] != (len(images), NUM_CLASSES):
+            raise ValueError(
+                f"the parser returned shape {tuple(logits.shape)}; expected ({len(images)}, 19, H, W) logits"
+            )
+        return list(logits.argmax(dim=1).to(torch.uint8).cpu().numpy())
 
     # ---------------------------------------------------------------------------------- tensors
 
@@ -262,15 +278,45 @@ class Editor:
         resized = np.asarray(Image.fromarray(ids).resize((size, size), Image.Resampling.NEAREST))
         return one_hot(torch.from_numpy(resized.copy()).to(self.device)[None].long())
 
-    def _generate(self, target_ids: np.ndarray, reference_ids: np.ndarray, rgb: np.ndarray) -> Image.Image:
+    def _generate(
+        self, target_ids: list[np.ndarray], reference_ids: list[np.ndarray], images: list[np.ndarray]
+    ) -> list[Image.Image]:
         size = self.resolution
         with torch.inference_mode():
             out = self.generator(
-                self._mask_tensor(target_ids, size), self._mask_tensor(reference_ids, size),
-                self._image_tensor(rgb, size),
-            )  # fmt: skip
-        pixels = ((out[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)  # (3, size, size)
-        return Image.fromarray(pixels.permute(1, 2, 0).cpu().numpy(), mode="RGB")
+                torch.cat([self._mask_tensor(ids, size) for ids in target_ids]),
+                torch.cat([self._mask_tensor(ids, size) for ids in reference_ids]),
+                torch.cat([self._image_tensor(rgb, size) for rgb in images]),
+            )  # (B, 3, size, size) in [-1, 1]
+        pixels = ((out.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1)
+        return [Image.fromarray(array, mode="RGB") for array in pixels.cpu().numpy()]
+
+
+def prepare_edit(image: Any, mask: Any, edited_mask: Any, limits: InputLimits) -> Request:
+    """Decode and check an edit's inputs under limits (no model needed: a web front end runs this)."""
+    rgb = load_image("image", image, limits)
+    ids = load_mask("mask", mask, limits)
+    edited = load_mask("edited_mask", edited_mask, limits)
+    check_same_shape("image", size_of(rgb), "mask", size_of(ids))
+    check_same_shape("mask", size_of(ids), "edited_mask", size_of(edited))
+    return Request("edit", rgb, ids, edited, size_of(rgb))
+
+
+def prepare_style_copy(
+    target_mask: Any, reference_image: Any, reference_mask: Any, limits: InputLimits
+) -> Request:
+    """Decode and check a style copy's inputs under limits."""
+    target = load_mask("target_mask", target_mask, limits)
+    rgb = load_image("reference_image", reference_image, limits)
+    ids = load_mask("reference_mask", reference_mask, limits)
+    check_same_shape("reference_image", size_of(rgb), "reference_mask", size_of(ids))
+    return Request("style_copy", rgb, ids, target, size_of(target))
+
+
+def prepare_parse(image: Any, limits: InputLimits) -> Request:
+    """Decode and check a photo to parse under limits."""
+    rgb = load_image("image", image, limits)
+    return Request("parse", rgb, None, None, size_of(rgb))
 
 
 def _network_config(meta: dict, network: str, uri: str) -> dict:

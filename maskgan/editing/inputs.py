@@ -29,16 +29,39 @@ _CONVERTIBLE_MODES = ("RGB", "L", "P", "CMYK", "YCbCr", "LAB", "HSV", "RGBA", "L
 _PACKED_PALETTE = {(int(r) << 16) | (int(g) << 8) | int(b): index for index, (r, g, b) in enumerate(COLORS)}
 
 
+class InputTooLarge(ValueError):
+    """An input over InputLimits' bytes or pixels (a web service answers 413)."""
+
+
+class NotAnImage(ValueError):
+    """Bytes that are not an image of an accepted format (a web service answers 415)."""
+
+
+class InvalidMask(ValueError):
+    """A mask that decodes but is not a valid class map for its image (a web service answers 422)."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class InputLimits:
-    """Bounds on what the editor accepts; ValueError when an input exceeds them."""
+    """Bounds on what the editor accepts; ValueError (or one of the subclasses above) when exceeded."""
 
     max_pixels: int = DEFAULT_MAX_PIXELS  # width x height, checked from the file header before decoding
     color_tolerance: int = 0  # colour masks: max abs channel difference to a palette colour (JPEG: ~30)
+    max_bytes: int | None = None  # encoded size of a file / bytes input, checked before Pillow sees it
+    formats: tuple[str, ...] | None = None  # Pillow format names accepted from files / bytes, e.g. PNG
 
     def __post_init__(self) -> None:
         if self.max_pixels < 1:
             raise ValueError(f"InputLimits.max_pixels must be >= 1, got {self.max_pixels}")
+        if self.max_bytes is not None and self.max_bytes < 1:
+            raise ValueError(f"InputLimits.max_bytes must be >= 1 or None, got {self.max_bytes}")
+        if self.formats is not None and (
+            not self.formats or not all(isinstance(f, str) and f.isupper() for f in self.formats)
+        ):
+            raise ValueError(
+                f"InputLimits.formats must be None or Pillow format names (e.g. ('PNG', 'JPEG')), "
+                f"got {self.formats!r}"
+            )
         if not 0 <= self.color_tolerance < 128:
             raise ValueError(f"InputLimits.color_tolerance must be in [0, 128), got {self.color_tolerance}")
 
@@ -55,7 +78,7 @@ def _check_pixels(name: str, width: int, height: int, limits: InputLimits) -> No
     if width < 1 or height < 1:
         raise ValueError(f"{name} is {width} x {height} pixels; expected a non-empty image")
     if width * height > limits.max_pixels:
-        raise ValueError(
+        raise InputTooLarge(
             f"{name} is {width} x {height} = {width * height / 1e6:.1f} MP, over the editor's limit of "
             f"{limits.max_pixels / 1e6:.1f} MP (InputLimits.max_pixels); downscale it first"
         )
@@ -78,17 +101,26 @@ def open_image(name: str, source: Any, limits: InputLimits) -> Image.Image:
             f"{name} is a {type(source).__name__}; expected a PIL image, a numpy array, a file path or bytes"
         )
     where = _describe(source)
+    if limits.max_bytes is not None and len(data) > limits.max_bytes:
+        raise InputTooLarge(
+            f"{name} ({where}) is {len(data) / 1e6:.1f} MB, over the editor's limit of "
+            f"{limits.max_bytes / 1e6:.1f} MB (InputLimits.max_bytes); send a smaller or more compressed file"
+        )
     try:
         # Pillow's own bomb guard raises above 2 x its MAX_IMAGE_PIXELS; our cap is checked below.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))  # lazy: reads the header only
     except Image.DecompressionBombError as error:
-        raise ValueError(f"{name} ({where}) is too large to decode: {error}") from None
+        raise InputTooLarge(f"{name} ({where}) is too large to decode: {error}") from None
     except (UnidentifiedImageError, OSError, SyntaxError) as error:
-        raise ValueError(
+        raise NotAnImage(
             f"{name} ({where}) is not an image Pillow can read (starts with {data[:8]!r}): {error}"
         ) from None
+    if limits.formats is not None and image.format not in limits.formats:
+        raise NotAnImage(
+            f"{name} ({where}) is a {image.format} file; accepted formats: {', '.join(limits.formats)}"
+        )
     _check_pixels(name, *image.size, limits)
     if getattr(image, "n_frames", 1) > 1:
         raise ValueError(f"{name} ({where}) has {image.n_frames} frames; expected a single still image")
@@ -97,7 +129,7 @@ def open_image(name: str, source: Any, limits: InputLimits) -> Image.Image:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image.load()
     except Exception as error:  # truncated or corrupt data: Pillow raises OSError, ValueError, ...
-        raise ValueError(f"{name} ({where}) could not be decoded ({image.format}): {error}") from None
+        raise NotAnImage(f"{name} ({where}) could not be decoded ({image.format}): {error}") from None
     return image
 
 
@@ -154,9 +186,9 @@ def load_mask(name: str, source: Any, limits: InputLimits) -> np.ndarray:
     if mode in ("RGB", "RGBA"):
         rgba = np.asarray(image.convert("RGBA"))
         if (rgba[..., 3] < 255).any():
-            raise ValueError(f"{name} has transparent pixels; a colour mask must be opaque")
+            raise InvalidMask(f"{name} has transparent pixels; a colour mask must be opaque")
         return colors_to_classes(name, rgba[..., :3], limits.color_tolerance)
-    raise ValueError(
+    raise InvalidMask(
         f"{name} has Pillow mode {mode!r}; expected a class-id mask (mode L, values 0..{NUM_CLASSES - 1}) "
         "or a colour mask (RGB, maskgan.labels.COLORS)"
     )
@@ -187,7 +219,7 @@ def check_class_ids(name: str, ids: np.ndarray) -> np.ndarray:
     if bad.any():
         row, col = (int(v) for v in np.argwhere(bad)[0])
         values = np.unique(ids[bad])
-        raise ValueError(
+        raise InvalidMask(
             f"{name} holds class index {int(ids[row, col])} at (x={col}, y={row}) "
             f"({int(bad.sum())} pixels with values {values[:8].tolist()}); "
             f"class ids are 0..{NUM_CLASSES - 1}. "
@@ -233,7 +265,7 @@ def colors_to_classes(name: str, rgb: np.ndarray, tolerance: int = 0) -> np.ndar
         hint = ""
         if colour[0] == colour[1] == colour[2] and colour[0] < NUM_CLASSES:
             hint = " (this looks like class ids saved as RGB: save a single-channel L PNG instead)"
-        raise ValueError(
+        raise InvalidMask(
             f"{name} has colour {colour} at (x={col}, y={row}), which is not a class colour"
             f"{f' within tolerance {tolerance}' if tolerance else ''}; {count} pixels in "
             f"{len(unknown)} unknown colour(s){hint}. Known colours: "
@@ -248,7 +280,7 @@ def check_same_shape(
     """Sizes (width, height) must match or share the aspect ratio exactly (a 512 mask of a 1024 image)."""
     (w1, h1), (w2, h2) = first_size, second_size
     if (w1, h1) != (w2, h2) and w1 * h2 != w2 * h1:
-        raise ValueError(
+        raise InvalidMask(
             f"{second} is {w2} x {h2} but {first} is {w1} x {h1}: sizes must match, or share the aspect "
             "ratio exactly (e.g. a CelebAMask-HQ 512 x 512 mask of its 1024 x 1024 image)"
         )
