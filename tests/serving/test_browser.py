@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import io
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -25,8 +26,9 @@ from maskgan.labels import CLASS_INDEX, COLORS, color_to_label
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 TIMEOUT_S = 120  # a first request on a cold CPU replica may take a while; never asserted as a duration
-# Classes a synthetic face never has, in order of preference: the stroke paints the first one absent.
-NEW_CLASSES = ("eye_g", "hat", "ear_r", "neck_l")
+# Classes to paint, in order of preference: the stroke paints the one least present where it goes.
+NEW_CLASSES = ("eye_g", "hat", "ear_r", "neck_l", "cloth", "l_ear", "r_ear", "nose")
+STROKE_ROW, STROKE_FROM, STROKE_TO = 0.45, 0.2, 0.8  # fractions of the canvas height / width
 
 
 @pytest.fixture(scope="module")
@@ -165,16 +167,18 @@ def _paint_new_class(driver) -> tuple[np.ndarray, np.ndarray, int]:
     """Pick a class the loaded mask lacks and paint a horizontal stroke with it.
     Returns (original ids, edited ids, the class) as read back from the page's canvas."""
     original = color_to_label(_pixels(driver, "mask-canvas"))
-    new_class = next(CLASS_INDEX[name] for name in NEW_CLASSES if not (original == CLASS_INDEX[name]).any())
+    height = original.shape[0]
+    band = original[round((STROKE_ROW - 0.1) * height) : round((STROKE_ROW + 0.1) * height)]
+    new_class = min((CLASS_INDEX[name] for name in NEW_CLASSES), key=lambda id_: (band == id_).sum())
     driver.find_element("id", f"class-{new_class}").click()
     _set_brush(driver, max(1, original.shape[1] // 10))
-    _stroke(driver, rows=0.45, start=0.2, end=0.8)
+    _stroke(driver, rows=STROKE_ROW, start=STROKE_FROM, end=STROKE_TO)
     # tolerance 0: every painted pixel is exactly a palette colour (no antialiased edges).
     edited = color_to_label(_pixels(driver, "mask-canvas"))
     return original, edited, new_class
 
 
-def test_paint_apply_shows_an_edit_that_differs_where_painted(page, app_url, tmp_path):
+def test_paint_apply_shows_an_edit_that_differs_where_painted(page, app_url, tmp_path, record_property):
     driver = page
     sample = _load_first_sample(driver)
     photo = _pixels(driver, "original")
@@ -192,7 +196,7 @@ def test_paint_apply_shows_an_edit_that_differs_where_painted(page, app_url, tmp
     columns = np.flatnonzero(painted.any(axis=0))
     height, width = painted.shape
     # A horizontal stroke at 45 % of the height from 20 % to 80 % of the width (plus the brush radius).
-    assert abs(rows.mean() / height - 0.45) < 0.1 and np.ptp(rows) < 0.35 * height, rows
+    assert abs(rows.mean() / height - STROKE_ROW) < 0.1 and np.ptp(rows) < 0.35 * height, rows
     assert columns.min() / width < 0.3 and columns.max() / width > 0.7, columns
 
     driver.find_element("id", "apply").click()
@@ -221,12 +225,16 @@ def test_paint_apply_shows_an_edit_that_differs_where_painted(page, app_url, tmp
 
     served = edit(edited)
     assert np.abs(served - result).max() <= 2, "the page's result is not the server's edit of its mask"
-    # ... and that differs from the unedited rendering of the input most where the stroke went.
+    # ... and that differs from the model's rendering of the unedited input where the stroke went.
+    # Only "differs" is asserted: the fixture's editor has random weights, whose output moves almost
+    # as much away from the stroke (measured: 29 levels where painted, 26 elsewhere); that an edit
+    # stays local is a property of a trained model, checked by the learning tests, not of the page.
     unedited = edit(original)
     change = np.abs(result.astype(np.int16) - unedited).mean(axis=-1)  # (H, W)
-    inside, outside = change[painted].mean(), change[~painted].mean()
-    assert inside > 0, "the result did not change where the mask was painted"
-    assert inside > 1.5 * outside, f"mean change {inside:.1f} where painted vs {outside:.1f} elsewhere"
+    inside, outside = float(change[painted].mean()), float(change[~painted].mean())
+    record_property("mean_change_painted", round(inside, 2))
+    record_property("mean_change_unpainted", round(outside, 2))
+    assert inside > 2.0, f"the result barely changed where painted (mean {inside:.2f} levels)"
 
     download = driver.find_element("id", "download")
     assert download.get_attribute("aria-disabled") == "false"
@@ -255,14 +263,14 @@ def test_undo_redo_keys_and_eraser(page, tmp_path):
     # The eraser over the stroke: skin where the original was face, background elsewhere.
     driver.find_element("id", "eraser").click()
     _set_brush(driver, int(driver.find_element("id", "brush-size").get_attribute("max")))
-    _stroke(driver, rows=0.45, start=0.1, end=0.9)
+    _stroke(driver, rows=STROKE_ROW, start=0.1, end=0.9)
     erased = color_to_label(_pixels(driver, "mask-canvas"))
     touched = erased != edited
     face = (original >= 1) & (original <= 12)
     assert touched.any()
     assert (erased[touched & face] == CLASS_INDEX["skin"]).all()
     assert (erased[touched & ~face] == CLASS_INDEX["background"]).all()
-    assert not (erased == new_class).any(), "the eraser left part of the stroke"
+    assert not (erased[edited != original] == new_class).any(), "the eraser left part of the stroke"
 
 
 def test_style_copy_of_a_reference_sample(page, app_url):
@@ -316,6 +324,12 @@ def test_a_refused_upload_shows_the_server_message(page, app_url, tmp_path):
     _idle(driver)
     error = driver.find_element("id", "error")
     _wait(driver, lambda d: error.is_displayed())
-    assert detail in error.text and f"HTTP {response.status_code}" in error.text, error.text
+
+    # Object addresses ("<_io.BytesIO object at 0x...>") differ from one request to the next.
+    def stable(text: str) -> str:
+        return re.sub(r" at 0x[0-9a-f]+", "", text)
+
+    assert stable(detail) in stable(error.text), error.text
+    assert f"HTTP {response.status_code}" in error.text, error.text
     assert not driver.find_element("id", "photo-input").get_attribute("disabled"), "controls stay disabled"
     _screenshot(driver, tmp_path, "browser_error.png")
