@@ -306,11 +306,14 @@ def build(config: ServeConfig) -> Any:
         autoscaling_config=config.autoscaling_config(),
         ray_actor_options={"num_cpus": config.model_num_cpus, "num_gpus": config.model_num_gpus},
         max_ongoing_requests=max(2 * config.max_batch_size, 8),
+        max_surge_percent=config.max_surge_percent,
     )
     ingress = serve.deployment(EditorIngress).options(
         name="EditorIngress",
         num_replicas=config.ingress_replicas,
         ray_actor_options={"num_cpus": config.ingress_num_cpus},
+        max_ongoing_requests=64,  # mostly awaiting the model: let requests reach its batch queue
+        max_surge_percent=config.max_surge_percent,
     )
     return ingress.bind(config, model.bind(config))
 

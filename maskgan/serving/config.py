@@ -38,6 +38,13 @@ class ServeConfig:
     model_num_gpus: float = 0.0
     ingress_replicas: int = 1
     ingress_num_cpus: float = 0.25
+    # Rollouts: replacements start before old replicas stop (100: one new per old), so a redeploy has
+    # no downtime as long as the cluster has room for the extra replicas.
+    max_surge_percent: int = 100
+    # Any text; change it (e.g. to the new champion's version) to roll the replicas when nothing else
+    # in the config changed: a redeploy of an identical config restarts nothing, and an alias URI
+    # (models:/maskgan-editor@champion) stays the same string when the alias moves.
+    revision: str = ""
     device: str = "auto"  # auto: cuda when the replica sees a GPU, else cpu
     torch_threads: int | None = None  # intra-op threads per model replica (None: torch's default)
 
@@ -69,6 +76,8 @@ class ServeConfig:
         for name in ("model_num_cpus", "model_num_gpus", "ingress_num_cpus"):
             if getattr(self, name) < 0:
                 raise ValueError(f"serve.{name} must be >= 0, got {getattr(self, name)}")
+        if not 0 <= self.max_surge_percent <= 100:
+            raise ValueError(f"serve.max_surge_percent must be in [0, 100], got {self.max_surge_percent}")
         if self.device not in DEVICES:
             raise ValueError(f"serve.device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         if self.torch_threads is not None and self.torch_threads < 1:

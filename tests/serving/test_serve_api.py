@@ -134,3 +134,149 @@ def test_samples_from_the_val_split(serve_app):
     assert len(np.unique(ids_of(mask))) > 1
     missing = requests.get(f"{serve_app.url}/api/samples/999999/image", timeout=TIMEOUT)
     assert missing.status_code == 404 and "/api/samples" in missing.json()["detail"]
+
+
+# ---------------------------------------------------------------- bad inputs
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose IHDR claims width x height, followed by 8 bytes of pixel data: only its header is valid."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 8))
+
+
+def noise_png(size: tuple[int, int]) -> bytes:
+    return png(np.random.default_rng(1).integers(0, 256, (*size, 3), dtype=np.uint8))
+
+
+def problem(response: requests.Response, status: int, *words: str) -> str:
+    """The response is `status` with a JSON detail containing every word."""
+    assert response.status_code == status, (response.status_code, response.text)
+    assert response.headers["content-type"].startswith("application/json")
+    detail = response.json()["detail"]
+    assert isinstance(detail, str)
+    for word in words:
+        assert word in detail, (word, detail)
+    return detail
+
+
+def test_a_file_over_the_byte_limit_is_413(serve_app):
+    big = noise_png((300, 260))  # ~234 KB of noise, under the request cap, over the per-file cap
+    assert MAX_UPLOAD_BYTES < len(big) < serve_app.config.max_request_bytes
+    problem(post(serve_app, "parse", image=part(big)), 413, "image", "MB")
+
+
+def test_a_request_over_the_byte_limit_is_413_before_it_is_read(serve_app):
+    body = b"\0" * (serve_app.config.max_request_bytes + 1)
+    response = requests.post(
+        f"{serve_app.url}/api/edit", data=body, timeout=TIMEOUT,
+        headers={"content-type": "multipart/form-data; boundary=x"},
+    )  # fmt: skip
+    problem(response, 413, "request", "limit")
+
+
+def test_a_chunked_request_over_the_byte_limit_is_413(serve_app):
+    """No Content-Length: the body (a multipart start, then an endless file) is counted as it streams."""
+    start = (b'--x\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n'
+             b"Content-Type: image/png\r\n\r\n")  # fmt: skip
+    chunk = b"\0" * 65536
+    count = serve_app.config.max_request_bytes // len(chunk) + 2
+    body = (start if i < 0 else chunk for i in range(-1, count))
+    response = requests.post(
+        f"{serve_app.url}/api/edit", data=body, timeout=TIMEOUT,
+        headers={"content-type": "multipart/form-data; boundary=x"},
+    )  # fmt: skip
+    problem(response, 413, "request")
+
+
+def test_too_many_pixels_are_refused_from_the_header(serve_app):
+    """A 4000 x 3000 header with 8 bytes of pixels: 413 (pixels), not 415 (undecodable): never decoded."""
+    header = png_header_only(4000, 3000)
+    assert len(header) < 100
+    detail = problem(post(serve_app, "parse", image=part(header)), 413, "image", "4000 x 3000")
+    assert f"{MAX_PIXELS / 1e6:.1f} MP" in detail
+    just_over = noise_png((301, 300))  # decodable, small in bytes, one row over the pixel cap
+    problem(post(serve_app, "edit", **{**edit_inputs(), "image": part(just_over)}), 413, "image")
+
+
+@pytest.mark.parametrize(
+    "data, content_type, words",
+    [
+        (b"hello, not an image at all", "image/png", ["image", "not an image"]),
+        (png(photo((8, 8))), "text/plain", ["image", "text/plain", "PNG or JPEG"]),
+        (png(photo((8, 8))), "", ["image", "content type"]),
+    ],
+    ids=["non-image-bytes", "text-plain", "no-type"],
+)
+def test_wrong_content_is_415(serve_app, data, content_type, words):
+    problem(
+        post(serve_app, "parse", image=("x", data, content_type) if content_type else ("x", data)),
+        415,
+        *words,
+    )
+
+
+def test_an_image_of_another_format_is_415(serve_app):
+    buffer = io.BytesIO()
+    Image.fromarray(photo((8, 8))).save(buffer, format="GIF")
+    problem(post(serve_app, "parse", image=part(buffer.getvalue())), 415, "GIF", "PNG, JPEG")
+
+
+def test_a_body_that_is_not_multipart_is_415(serve_app):
+    response = requests.post(f"{serve_app.url}/api/edit", json={"image": "x"}, timeout=TIMEOUT)
+    problem(response, 415, "multipart/form-data", "image, mask, edited_mask")
+
+
+def test_a_missing_field_is_400_and_names_it(serve_app):
+    inputs = edit_inputs()
+    del inputs["edited_mask"]
+    problem(post(serve_app, "edit", **inputs), 400, "'edited_mask'", "is missing")
+    text_field = requests.post(
+        f"{serve_app.url}/api/parse",
+        data={"image": "not a file"},
+        files={"other": part(b"x")},
+        timeout=TIMEOUT,
+    )
+    problem(text_field, 400, "'image'", "not a file")
+
+
+def test_a_mask_of_another_size_is_422(serve_app):
+    inputs = {**edit_inputs((40, 24)), "mask": part(png(face_mask((32, 32))))}
+    problem(post(serve_app, "edit", **inputs), 422, "mask is 32 x 32", "image is 24 x 40")
+
+
+def test_a_class_over_18_is_422(serve_app):
+    bad = face_mask((40, 24))
+    bad[5, 7] = 19
+    problem(post(serve_app, "edit", **{**edit_inputs(), "edited_mask": part(png(bad))}), 422,
+            "edited_mask", "class index 19", "x=7, y=5")  # fmt: skip
+
+
+def test_an_unknown_colour_is_422(serve_app):
+    colours = COLORS[face_mask((40, 24))].copy()
+    colours[3, 4] = (1, 2, 250)
+    problem(post(serve_app, "edit", **{**edit_inputs(), "mask": part(png(colours))}), 422,
+            "mask", "(1, 2, 250)", "x=4, y=3", "not a class colour")  # fmt: skip
+
+
+def test_a_transparent_photo_is_400(serve_app):
+    rgba = np.dstack([photo((40, 24)), np.full((40, 24), 128, np.uint8)])
+    problem(post(serve_app, "edit", **{**edit_inputs(), "image": part(png(rgba))}), 400, "transparent")
+
+
+def test_the_model_uri_is_not_taken_from_a_request(serve_app, tmp_path):
+    """Extra form fields and query parameters naming another model change nothing."""
+    inputs = edit_inputs()
+    reference = decoded(post(serve_app, "edit", **inputs)).tobytes()
+    response = requests.post(
+        f"{serve_app.url}/api/edit?model_uri=/nonexistent&model=/nonexistent", files=inputs,
+        data={"model_uri": "/nonexistent"}, timeout=TIMEOUT,
+    )  # fmt: skip
+    assert decoded(response).tobytes() == reference
+    assert requests.get(f"{serve_app.url}/healthz?model=/x", timeout=TIMEOUT).json()["model"] == (
+        serve_app.config.model_uri
+    )

@@ -51,7 +51,11 @@ def _parse(path):
     if name.endswith(".yaml"):
         documents = [d for d in yaml.safe_load_all(text) if d is not None]
         assert documents, f"{path}: no YAML document"
-        if path.parent != ROOT:
+        if "applications" in documents[0]:  # a Ray Serve config (infra/serve_editor.yaml)
+            from ray.serve.schema import ServeDeploySchema
+
+            ServeDeploySchema.model_validate(documents[0])
+        elif path.parent != ROOT:
             for document in documents:
                 assert {"apiVersion", "kind", "metadata"} <= set(document), f"{path}: not a k8s object"
     elif name == "Dockerfile":
