@@ -31,9 +31,12 @@ NEW_CLASSES = ("eye_g", "hat", "ear_r", "neck_l", "cloth", "l_ear", "r_ear", "no
 STROKE_ROW, STROKE_FROM, STROKE_TO = 0.45, 0.2, 0.8  # fractions of the canvas height / width
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def driver(tmp_path_factory):
-    """Headless Chromium through the system chromedriver; Selenium Manager is never asked for anything."""
+    """Headless Chromium through the system chromedriver; Selenium Manager is never asked for anything.
+
+    Session-scoped like serve_app, and requested before it, so a missing browser fails in a second
+    instead of after the app's start-up."""
     missing = [path for path in (CHROMIUM, CHROMEDRIVER) if not os.access(path, os.X_OK)]
     if missing:
         pytest.fail(
@@ -149,7 +152,8 @@ def _stroke(driver, rows: float, start: float, end: float, steps: int = 12) -> N
     # Selenium 4 offsets are from the element's centre.
     x0, y = round((start - 0.5) * width), round((rows - 0.5) * height)
     dx = round((end - start) * width / steps)
-    actions = ActionChains(driver).move_to_element_with_offset(canvas, x0, y).click_and_hold()
+    actions = ActionChains(driver, duration=25).move_to_element_with_offset(canvas, x0, y)
+    actions = actions.click_and_hold()
     for _ in range(steps):
         actions = actions.move_by_offset(dx, 0)
     actions.release().perform()
