@@ -203,8 +203,23 @@ def test_paint_apply_shows_an_edit_that_differs_where_painted(page, app_url, tmp
     assert abs(rows.mean() / height - STROKE_ROW) < 0.1 and np.ptp(rows) < 0.35 * height, rows
     assert columns.min() / width < 0.3 and columns.max() / width > 0.7, columns
 
+    # What the page looked like while the request ran: recorded when body[data-busy] turns "true".
+    driver.execute_script(
+        """
+        window.__whileBusy = null;
+        new MutationObserver((changes, observer) => {
+          if (document.body.dataset.busy !== "true") return;
+          const $ = (id) => document.getElementById(id);
+          window.__whileBusy = {progress: !$("progress").hidden, apply: $("apply").disabled,
+                                photo: $("photo-input").disabled, samples: $("sample-select").disabled};
+          observer.disconnect();
+        }).observe(document.body, {attributes: true, attributeFilter: ["data-busy"]});
+        """
+    )
     driver.find_element("id", "apply").click()
     _idle(driver)
+    while_busy = driver.execute_script("return window.__whileBusy")
+    assert while_busy == {"progress": True, "apply": True, "photo": True, "samples": True}, while_busy
     assert not driver.find_element("id", "error").is_displayed(), _text(driver, "error")
     _wait(
         driver,
