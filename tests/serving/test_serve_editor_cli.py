@@ -19,6 +19,8 @@ import requests
 
 from pipelines import serve_editor
 from tests.serving.conftest import free_port, wait_healthy
+from tests.serving.test_serve_api import png
+from tests.unit.editing_fixtures import face_mask, photo
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -68,6 +70,14 @@ def test_serves_until_ctrl_c(tiny_editor_checkpoints, tmp_path):
         assert health["model"] == editor and health["parser"] is False
         page = requests.get(f"http://127.0.0.1:{port}/", timeout=60)
         assert page.status_code == 200
+        # This model has no face parser: parsing, and a style copy that would need one, say so (400).
+        image = ("p.png", png(photo((20, 20))), "image/png")
+        parse = requests.post(f"http://127.0.0.1:{port}/api/parse", files={"image": image}, timeout=60)
+        assert parse.status_code == 400 and "no face parser" in parse.json()["detail"], parse.text
+        target = ("t.png", png(face_mask((20, 20))), "image/png")
+        files = {"target_mask": target, "reference_image": image}
+        copy = requests.post(f"http://127.0.0.1:{port}/api/style-copy", files=files, timeout=60)
+        assert copy.status_code == 400 and "send reference_mask" in copy.json()["detail"], copy.text
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=120) == 0
     finally:
