@@ -38,7 +38,9 @@ def unavailable_url():
     config = ServeConfig(model_uri="models:/maskgan-editor@champion")
     api = create_api(config, Unreachable(), Samples(None, 0))
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(api, host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(
+        uvicorn.Config(api, host="127.0.0.1", port=port, log_level="warning", loop="asyncio")
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
