@@ -113,7 +113,13 @@ def open_image(name: str, source: Any, limits: InputLimits) -> Image.Image:
             image = Image.open(io.BytesIO(data))  # lazy: reads the header only
     except Image.DecompressionBombError as error:
         raise InputTooLarge(f"{name} ({where}) is too large to decode: {error}") from None
-    except (UnidentifiedImageError, OSError, SyntaxError) as error:
+    except UnidentifiedImageError:
+        # Pillow names the in-memory buffer object (<_io.BytesIO object at 0x...>): say it ourselves.
+        raise NotAnImage(
+            f"{name} ({where}) is not an image Pillow can read (starts with {data[:8]!r}); "
+            "send a PNG or JPEG file"
+        ) from None
+    except (OSError, SyntaxError) as error:
         raise NotAnImage(
             f"{name} ({where}) is not an image Pillow can read (starts with {data[:8]!r}): {error}"
         ) from None

@@ -121,8 +121,9 @@ def test_bad_image_arrays_are_refused(array, message):
 
 
 def test_non_image_bytes_are_refused_naming_the_argument():
-    with pytest.raises(ValueError, match=r"image \(<\d+ bytes>\) is not an image Pillow can read"):
+    with pytest.raises(ValueError, match=r"image \(<\d+ bytes>\) is not an image Pillow can read") as caught:
         load_image("image", b"%PDF-1.4 definitely not a picture", LIMITS)
+    assert "object at 0x" not in str(caught.value)  # no Python object repr in a message a user reads
 
 
 def test_truncated_image_is_refused():
