@@ -236,9 +236,12 @@ def read_summary(config: ChainConfig) -> dict | None:
 # --------------------------------------------------------------------------------------------- run
 
 
-def run_chain(config: ChainConfig, *, log: Callable[[str], None] = print) -> dict:
+def run_chain(
+    config: ChainConfig, *, log: Callable[[str], None] = print, start: Callable[[], Any] | None = None
+) -> dict:
     """Run (or resume, or find finished) the chain; returns the summary (also written as summary.json).
 
+    start: called once there is work to do (e.g. connect to Ray), not for a finished key.
     Raises on any failure after writing a summary with status failed / interrupted.
     """
     tracking_uri = preflight(config)
@@ -266,6 +269,8 @@ def run_chain(config: ChainConfig, *, log: Callable[[str], None] = print) -> dic
     _write_summary(folder, summary)
     ledger = _Ledger(folder)
     try:
+        if start is not None:
+            start()
         _Chain(config, ray_config, tracking, ledger, summary, log).run()
     except BaseException as error:
         interrupted = isinstance(error, KeyboardInterrupt)
@@ -554,15 +559,16 @@ HEADLINE_METRICS = ("edit/miou", "edit/pixel_accuracy", "edit/outside_change", "
 
 def format_summary(summary: dict) -> str:
     """The human-readable end of a chain run (the JSON is at <chain_uri>/summary.json)."""
+    done = summary.get("already_finished")
     lines = [f"chain {summary['run_key']}: {summary['status'].upper()}"
-             + (" (already finished: nothing done)" if summary.get("already_finished") else "")]  # fmt: skip
+             + (" (already finished earlier: nothing done now)" if done else "")]  # fmt: skip
     for stage, record in summary.get("stages", {}).items():
         where = record.get("run_name") or record.get("checkpoint_uri")
         lines.append(f"  {stage:8s} {record['source']:17s} {where}  mlflow run {record.get('mlflow_run_id')}")
     for name, version in summary.get("registered", {}).items():
         gate = summary.get("gate", {}).get(name, {})
         lines.append(
-            f"  {name:16s} v{version['version']}{' (new)' if version.get('new') else ''}: "
+            f"  {name:16s} v{version['version']}{' (new)' if version.get('new') and not done else ''}: "
             f"{gate.get('outcome', '?')} -- {gate.get('reason', '')}"
         )
     champion = summary.get("champion") or {}

@@ -225,9 +225,8 @@ def run_chain(config: chain_lib.ChainConfig) -> int:
     failures = (chain_lib.ChainError, TrackingError, StorageError, PreprocessError, ReportError, ValueError,
                 FileNotFoundError, ray_train.DatasetError, ray_train.NonFiniteLossRunError)  # fmt: skip
     try:
-        chain_lib.preflight(config)
-        cli.init_ray()
-        summary = chain_lib.run_chain(config)
+        chain_lib.preflight(config)  # before Ray starts: an unreachable store fails in seconds
+        summary = chain_lib.run_chain(config, start=cli.init_ray)
     except KeyboardInterrupt:
         print("interrupted: rerun the same command (same --run-key) to resume the chain", file=sys.stderr)
         return cli.EXIT_INTERRUPTED
