@@ -112,7 +112,8 @@ class ChainConfig:
 
     def fingerprint(self) -> str:
         """What the chain computes (not how many workers): a finished key is refused another one."""
-        data = {name: config_lib.to_dict(getattr(self, name)) for name in (*STAGES, "editor_gate")}
+        data = {name: config_lib.to_dict(getattr(self, name)) for name in STAGES}
+        data["editor_gate"] = self.editor_gate.to_dict() if self.editor_gate else None
         data |= {"preprocess": config_lib.to_dict(self.preprocess) if self.preprocess else None,
                  "reuse_champions": self.reuse_champions, "eval": [self.eval_split, self.eval_batch_size,
                  self.eval_max_batches]}  # fmt: skip
