@@ -131,7 +131,7 @@ class ChainConfig:
 # ------------------------------------------------------------------------------------ stage configs
 
 
-def _matching_preset(suffix: str, presets: dict[str, Callable[[], Any]], resolution: int) -> str:
+def matching_preset(suffix: str, presets: dict[str, Callable[[], Any]], resolution: int) -> str:
     """mask_vae_tiny for "_tiny"; parser_512 for "_official_512" (no suffix match: the same px)."""
     matches = [name for name in presets if name.endswith(suffix)]
     if len(matches) != 1:
@@ -158,7 +158,7 @@ def stage_configs(
         "parser": {"model": {"image_size": resolution}},
     }  # fmt: skip
     for stage, module in (("maskvae", mask_vae), ("dmn", dmn), ("parser", parser)):
-        preset = _matching_preset(size, module.PRESETS, resolution)
+        preset = matching_preset(size, module.PRESETS, resolution)
         made = module.PRESETS[preset]()
         made = config_lib.load(type(made), made, None, list(upstream_overrides))
         out[stage] = config_lib.merge(made, {"data": config_lib.to_dict(ebst.data, True), **shared[stage]})

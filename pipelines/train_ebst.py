@@ -196,7 +196,7 @@ def chain_config(
     preprocess = None
     if args.source:
         resolution = config.generator.resolution
-        name = chain_lib._matching_preset(size, PREPROCESS_PRESETS, resolution)
+        name = chain_lib.matching_preset(size, PREPROCESS_PRESETS, resolution)
         made = PREPROCESS_PRESETS[name]()
         overrides = [f"source_uri={args.source}", f"output_uri={config.data.uri}",
                      f"decode.resolution={resolution}", *args.preprocess_set]  # fmt: skip
