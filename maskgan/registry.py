@@ -157,6 +157,25 @@ def _alias_version(client: mlflow.MlflowClient, name: str, alias: str) -> int | 
 # ------------------------------------------------------------------------------------------ register
 
 
+@contextlib.contextmanager
+def _process_tracking_uri(uri: str):
+    """Point MLflow's process-wide tracking URI at `uri` for the block, then restore it exactly.
+
+    A SQLite registry resolves a `models:/<model id>` source (an MLflow 3 logged model) through the
+    process-wide tracking URI, not the client's (MlflowClient() inside create_model_version): without
+    this it looks in whatever the process points at (./mlflow.db by default) and fails.
+    """
+    import mlflow
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    previous = tracking_utils._tracking_uri
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous)
+
+
 def _source(client: mlflow.MlflowClient, run_id: str, artifact_path: str) -> tuple[str, str | None]:
     """(source URI, logged model id or None) of a run's logged model named artifact_path, else its folder."""
     run = client.get_run(run_id)
@@ -215,7 +234,8 @@ def register(
     _check_name(name)
     _check_run(run_id, artifact_path)
     client = _client(config)
-    with _mlflow_errors(config, f"register {name} from run {run_id}"):
+    action = f"register {name} from run {run_id}"
+    with _mlflow_errors(config, action), _process_tracking_uri(client.tracking_uri):
         source, model_id = _source(client, run_id, artifact_path)
         existing = _find_version(client, name, run_id, source)
         if existing is not None:

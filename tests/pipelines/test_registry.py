@@ -228,6 +228,27 @@ def test_a_pyfunc_registers_and_loads_by_champion_alias(store, tmp_path):
         register(config, "maskgan-gan", run.info.run_id, "editor")
 
 
+def test_a_logged_model_registers_whatever_the_process_tracking_uri(sqlite_uri, tmp_path, restore_env):
+    """The SQLite registry resolves models:/<id> sources through MLflow's process-wide tracking URI;
+    register() must not depend on it pointing at the same store (make run keeps its store in a workdir)."""
+    config = TrackingConfig(tracking_uri=sqlite_uri)
+    client = mlflow.MlflowClient(sqlite_uri)
+    for model in client.search_registered_models():
+        client.delete_registered_model(model.name)
+    experiment_id = client.create_experiment("elsewhere", (tmp_path / "artifacts").as_uri())
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(sqlite_uri)
+    try:
+        with mlflow.start_run(experiment_id=experiment_id) as run:
+            mlflow.pyfunc.log_model(name="editor", python_model=Doubler(), pip_requirements=[])
+        other = f"sqlite:///{tmp_path}/other.db"
+        mlflow.set_tracking_uri(other)
+        assert register(config, "maskgan-editor", run.info.run_id, "editor") == 1
+        assert mlflow.get_tracking_uri() == other  # restored
+    finally:
+        mlflow.set_tracking_uri(previous)
+
+
 def stage_checkpoint(directory, stage: str) -> dict:
     """A tiny DMN- or MaskVAE-shaped checkpoint (what the training stages write); returns its state dicts."""
     import torch
