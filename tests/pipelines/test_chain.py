@@ -25,6 +25,9 @@ from maskgan.tracking import TrackingConfig
 
 REPO = Path(__file__).resolve().parents[2]
 KEY = "chain-test-1"
+# Three chain submissions (tiny presets, 2 steps each) share the module fixture; the budget covers a
+# loaded 2-core machine (about 10 min there), not a wall-time claim.
+pytestmark = pytest.mark.timeout(3600)
 
 
 def chain_command(data: str, storage: str, mlflow_uri: str, key: str = KEY, *extra: str) -> list[str]:

@@ -105,6 +105,7 @@ def test_a_raw_folder_it_did_not_write_is_not_replaced(tmp_path):
     assert (tmp_path / "celebamask-hq" / "mine.jpg").read_bytes() == b"a person's photo"
 
 
+@pytest.mark.timeout(1800)  # the whole chain (4 stages, 4 evaluations) on a loaded 2-core machine
 def test_main_job_trains_the_chain_and_a_rerun_trains_nothing(tmp_path, ray_session, capsys):
     """`make run` goes on from preprocessing to the whole chain (MaskVAE, DMN, EBST, parser, evaluation,
     registry, gate), tracked in one SQLite MLflow; it prints the champion, the grids and the UI command."""
