@@ -1,0 +1,256 @@
+"""A real multi-raylet Ray cluster on 127.0.0.1, started with `ray start` and stopped without `ray stop`.
+
+`ray stop` kills every Ray process on the host (the suite's own `ray_session`, other people's tests).
+This cluster has its own short --temp-dir (the address file `ray_current_cluster` goes there too, so a
+plain `ray.init()` elsewhere never connects to it) and explicit ports for everything that would
+otherwise take a fixed default (dashboard 8265, agent 52365, client server 10001, worker ports
+10002-19999). Stopping it kills only processes whose command line names its temp dir, their
+descendants (Ray workers, job drivers), and nothing else; a node is stopped by killing its raylet
+(found by its node-manager port) and the raylet's descendants, as a lost machine would be.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+VENV_BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# ----------------------------------------------------------------------------- /proc process table
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # "pid (comm) state ppid ...": comm may hold spaces or parentheses, so split after the last ")".
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+def _pids() -> list[int]:
+    return [int(name) for name in os.listdir("/proc") if name.isdigit()]
+
+
+def descendants(roots: set[int]) -> set[int]:
+    """roots and every process below them (one pass over /proc, parents before children)."""
+    children: dict[int, list[int]] = {}
+    for pid in _pids():
+        parent = _parent(pid)
+        if parent is not None:
+            children.setdefault(parent, []).append(pid)
+    found, todo = set(), list(roots)
+    while todo:
+        pid = todo.pop()
+        if pid not in found:
+            found.add(pid)
+            todo.extend(children.get(pid, ()))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def kill_all(pids: set[int], *, grace_s: float = 5.0) -> None:
+    """SIGTERM, then SIGKILL what is still there after grace_s (grace_s 0: SIGKILL at once)."""
+    first = signal.SIGTERM if grace_s > 0 else signal.SIGKILL
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, first)
+    deadline = time.monotonic() + grace_s
+    while grace_s > 0 and time.monotonic() < deadline and any(_alive(p) for p in pids):
+        time.sleep(0.1)
+    for pid in pids:
+        if _alive(pid):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+
+
+# ----------------------------------------------------------------------------------------- cluster
+
+
+@dataclass
+class Node:
+    name: str
+    node_manager_port: int
+    head: bool
+
+
+class LocalRayCluster:
+    """Head + worker raylets on 127.0.0.1 sharing one temp dir; see the module docstring."""
+
+    def __init__(self, *, env: dict[str, str] | None = None):
+        # Short: Ray's unix sockets live under the temp dir and a socket path has a 107-byte limit.
+        self.temp_dir = tempfile.mkdtemp(prefix="rc", dir="/tmp")
+        self.gcs_port = free_port()
+        self.dashboard_port = free_port()
+        self.nodes: list[Node] = []
+        base = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_JOB_CONFIG_JSON_ENV_VAR")}
+        # The raylets' environment is every worker's and every job driver's: the venv's python first on
+        # PATH (a job's `python` must be it), the repo under test importable, no usage stats, no auth.
+        self.env = {
+            **base,
+            "PATH": f"{VENV_BIN}{os.pathsep}{base.get('PATH', '')}",
+            "PYTHONPATH": str(REPO),
+            "RAY_AUTH_MODE": "disabled",
+            "RAY_USAGE_STATS_ENABLED": "0",
+            "PYTHONUNBUFFERED": "1",
+            **(env or {}),
+        }
+
+    @property
+    def address(self) -> str:
+        """The GCS address a driver passes to ray.init(address=...)."""
+        return f"127.0.0.1:{self.gcs_port}"
+
+    @property
+    def dashboard_url(self) -> str:
+        """The address of `ray job submit --address` and of the state API."""
+        return f"http://127.0.0.1:{self.dashboard_port}"
+
+    def ray(self, *args: str, check: bool = True, timeout: float = 180, **kwargs) -> subprocess.CompletedProcess:
+        """Run the venv's `ray` CLI with the cluster's environment."""
+        return subprocess.run(
+            [str(VENV_BIN / "ray"), *args], env=kwargs.pop("env", self.env), capture_output=True,
+            text=True, timeout=timeout, check=check, **kwargs,
+        )  # fmt: skip
+
+    def _node_ports(self) -> list[str]:
+        node_manager_port = free_port()
+        return [
+            "--node-ip-address", "127.0.0.1",
+            "--temp-dir", self.temp_dir,
+            "--node-manager-port", str(node_manager_port),
+            "--object-manager-port", str(free_port()),
+            "--runtime-env-agent-port", str(free_port()),
+            "--dashboard-agent-listen-port", str(free_port()),
+            "--dashboard-agent-grpc-port", str(free_port()),
+            "--metrics-export-port", str(free_port()),
+            # 0/0: workers bind random free ports instead of the shared default range 10002-19999.
+            "--min-worker-port", "0", "--max-worker-port", "0",
+            "--disable-usage-stats",
+        ]  # fmt: skip
+
+    def start_head(self, num_cpus: int, resources: dict[str, float] | None = None) -> Node:
+        ports = self._node_ports()
+        self.ray(
+            "start", "--head", "--port", str(self.gcs_port), "--num-cpus", str(num_cpus),
+            "--dashboard-host", "127.0.0.1", "--dashboard-port", str(self.dashboard_port),
+            "--ray-client-server-port", str(free_port()), "--include-dashboard", "true",
+            "--resources", json.dumps(resources or {}), *ports,
+        )  # fmt: skip
+        node = Node("head", int(ports[ports.index("--node-manager-port") + 1]), head=True)
+        self.nodes.append(node)
+        self.wait_for_nodes(1)
+        self._wait_for_dashboard()
+        return node
+
+    def add_node(self, num_cpus: int, resources: dict[str, float] | None = None, name: str = "worker") -> Node:
+        """One more raylet on 127.0.0.1 joining the head (its own node id, ports and resources)."""
+        alive = len(self.alive_nodes())
+        ports = self._node_ports()
+        self.ray(
+            "start", "--address", self.address, "--num-cpus", str(num_cpus),
+            "--resources", json.dumps(resources or {}), *ports,
+        )  # fmt: skip
+        node = Node(name, int(ports[ports.index("--node-manager-port") + 1]), head=False)
+        self.nodes.append(node)
+        self.wait_for_nodes(alive + 1)
+        return node
+
+    def raylet_pid(self, node: Node) -> int | None:
+        for pid in _pids():
+            line = _cmdline(pid)
+            if "raylet" in line.split(" ", 1)[0] and self.temp_dir in line and (
+                f"--node_manager_port={node.node_manager_port}" in line
+            ):
+                return pid
+        return None
+
+    def kill_node(self, node: Node) -> None:
+        """SIGKILL a node's raylet and everything below it (its workers and agents): a lost machine."""
+        pid = self.raylet_pid(node)
+        if pid is None:
+            raise RuntimeError(f"no raylet of node {node.name} (port {node.node_manager_port})")
+        kill_all(descendants({pid}), grace_s=0)
+        self.nodes.remove(node)
+
+    def own_pids(self) -> set[int]:
+        """Every live process of this cluster: those naming its temp dir and their descendants."""
+        roots = {pid for pid in _pids() if pid != os.getpid() and self.temp_dir in _cmdline(pid)}
+        return {pid for pid in descendants(roots) if _alive(pid)}
+
+    def shutdown(self) -> None:
+        """Stop this cluster's processes only (never `ray stop`), then remove its temp dir."""
+        for _ in range(3):  # a dying raylet may still spawn a worker: look again
+            pids = self.own_pids()
+            if not pids:
+                break
+            kill_all(pids, grace_s=5)
+        left = self.own_pids()
+        if left:
+            raise RuntimeError(f"Ray processes of {self.temp_dir} still alive: {sorted(left)}")
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+    # ------------------------------------------------------------------------------------ state
+
+    def state(self, path: str) -> list[dict]:
+        """GET the dashboard's state API (e.g. "nodes", "actors?detail=true&limit=1000")."""
+        with urllib.request.urlopen(f"{self.dashboard_url}/api/v0/{path}", timeout=30) as response:
+            body = json.load(response)
+        return body["data"]["result"]["result"]
+
+    def alive_nodes(self) -> list[dict]:
+        try:
+            return [n for n in self.state("nodes?limit=100") if n["state"] == "ALIVE"]
+        except OSError:
+            return []
+
+    def wait_for_nodes(self, count: int, timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.alive_nodes()) != count:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"cluster has {len(self.alive_nodes())} alive nodes, expected {count}")
+            time.sleep(0.5)
+
+    def _wait_for_dashboard(self, timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with urllib.request.urlopen(f"{self.dashboard_url}/api/version", timeout=5):
+                    return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
