@@ -70,6 +70,9 @@ class RayTrainConfig:
     max_failures: int = 0
     placement_strategy: str = "PACK"
     shuffle_buffer_rows: int | None = None  # local shuffle rows per worker; None = 4 x batch, 0 = off
+    # CPUs each Ray Data decode task asks for. A task must fit on one node beside the train workers:
+    # on a node with 1 CPU and a 0.5-CPU worker, 1.0 would never be scheduled (training hangs).
+    data_cpus: float = 1.0
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def __post_init__(self) -> None:
@@ -91,6 +94,8 @@ class RayTrainConfig:
             raise ValueError(
                 f"placement_strategy must be one of {PLACEMENT_STRATEGIES}, got {self.placement_strategy!r}"
             )
+        if self.data_cpus <= 0:
+            raise ValueError(f"data_cpus must be positive, got {self.data_cpus}")
         if self.shuffle_buffer_rows is not None and self.shuffle_buffer_rows < 0:
             raise ValueError(f"shuffle_buffer_rows must be >= 0, got {self.shuffle_buffer_rows}")
 
@@ -221,7 +226,9 @@ def check_dataset(data_config: Any) -> DatasetInfo:
     )
 
 
-def _build_datasets(data_config: Any, *, seed: int, start_epoch: int) -> dict[str, Any]:
+def _build_datasets(
+    data_config: Any, *, seed: int, start_epoch: int, decode_cpus: float = 1.0
+) -> dict[str, Any]:
     """Ray Datasets of decoded rows: train (split across workers; its first execution is epoch
     start_epoch) and val (whole, per worker, manifest order, no flip)."""
     from maskgan.data import loader
@@ -229,12 +236,14 @@ def _build_datasets(data_config: Any, *, seed: int, start_epoch: int) -> dict[st
     train = loader.ray_dataset(
         data_config.uri, data_config.split, data_config.storage,
         flip=data_config.flip, seed=seed, shuffle=data_config.shuffle, start_epoch=start_epoch,
+        decode_cpus=decode_cpus,
     )  # fmt: skip
     datasets = {"train": train}
     try:
         datasets["val"] = loader.ray_dataset(
-            data_config.uri, data_config.val_split, data_config.storage, shuffle=False
-        )
+            data_config.uri, data_config.val_split, data_config.storage, shuffle=False,
+            decode_cpus=decode_cpus,
+        )  # fmt: skip
     except ValueError:
         pass  # an empty val split: the loop runs without validation
     for dataset in datasets.values():
@@ -685,7 +694,9 @@ def train(stage_config: Any, ray_config: RayTrainConfig) -> TrainResult:
         "has_val": dataset.val_rows > 0,
     }
     start_epoch = latest_checkpoint_step(run_uri, ray_config.storage) // per_epoch
-    datasets = _build_datasets(stage_config.data, seed=loop_config.seed, start_epoch=start_epoch)
+    datasets = _build_datasets(
+        stage_config.data, seed=loop_config.seed, start_epoch=start_epoch, decode_cpus=ray_config.data_cpus
+    )
     payload["has_val"] = "val" in datasets
     payload["start_epoch"] = start_epoch
 

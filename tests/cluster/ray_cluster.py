@@ -116,7 +116,10 @@ class LocalRayCluster:
         self.gcs_port = free_port()
         self.dashboard_port = free_port()
         self.nodes: list[Node] = []
-        base = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_JOB_CONFIG_JSON_ENV_VAR")}
+        self._started = 0
+        base = {
+            k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_JOB_CONFIG_JSON_ENV_VAR")
+        }
         # The raylets' environment is every worker's and every job driver's: the venv's python first on
         # PATH (a job's `python` must be it), the repo under test importable, no usage stats, no auth.
         self.env = {
@@ -126,6 +129,9 @@ class LocalRayCluster:
             "RAY_AUTH_MODE": "disabled",
             "RAY_USAGE_STATS_ENABLED": "0",
             "PYTHONUNBUFFERED": "1",
+            # Ray's own helpers that call ray.init()/the state API without an address (Ray Train's
+            # PlacementGroupCleaner) would otherwise look in /tmp/ray, not this cluster's temp dir.
+            "RAY_ADDRESS": f"127.0.0.1:{self.gcs_port}",
             **(env or {}),
         }
 
@@ -139,17 +145,20 @@ class LocalRayCluster:
         """The address of `ray job submit --address` and of the state API."""
         return f"http://127.0.0.1:{self.dashboard_port}"
 
-    def ray(self, *args: str, check: bool = True, timeout: float = 180, **kwargs) -> subprocess.CompletedProcess:
+    def ray(
+        self, *args: str, check: bool = True, timeout: float = 180, **kwargs
+    ) -> subprocess.CompletedProcess:
         """Run the venv's `ray` CLI with the cluster's environment."""
         return subprocess.run(
             [str(VENV_BIN / "ray"), *args], env=kwargs.pop("env", self.env), capture_output=True,
             text=True, timeout=timeout, check=check, **kwargs,
         )  # fmt: skip
 
-    def _node_ports(self) -> list[str]:
+    def _node_args(self, name: str) -> list[str]:
         node_manager_port = free_port()
         return [
             "--node-ip-address", "127.0.0.1",
+            "--node-name", name,  # how the tests tell the raylets apart (they share the IP)
             "--temp-dir", self.temp_dir,
             "--node-manager-port", str(node_manager_port),
             "--object-manager-port", str(free_port()),
@@ -162,38 +171,45 @@ class LocalRayCluster:
             "--disable-usage-stats",
         ]  # fmt: skip
 
+    def _name(self, kind: str) -> str:
+        self._started += 1
+        return f"{kind}-{self._started}"
+
     def start_head(self, num_cpus: int, resources: dict[str, float] | None = None) -> Node:
-        ports = self._node_ports()
+        name = self._name("head")
+        ports = self._node_args(name)
         self.ray(
             "start", "--head", "--port", str(self.gcs_port), "--num-cpus", str(num_cpus),
             "--dashboard-host", "127.0.0.1", "--dashboard-port", str(self.dashboard_port),
             "--ray-client-server-port", str(free_port()), "--include-dashboard", "true",
             "--resources", json.dumps(resources or {}), *ports,
         )  # fmt: skip
-        node = Node("head", int(ports[ports.index("--node-manager-port") + 1]), head=True)
+        node = Node(name, int(ports[ports.index("--node-manager-port") + 1]), head=True)
         self.nodes.append(node)
-        self.wait_for_nodes(1)
         self._wait_for_dashboard()
+        self.node_id(node)
         return node
 
-    def add_node(self, num_cpus: int, resources: dict[str, float] | None = None, name: str = "worker") -> Node:
-        """One more raylet on 127.0.0.1 joining the head (its own node id, ports and resources)."""
-        alive = len(self.alive_nodes())
-        ports = self._node_ports()
+    def add_node(self, num_cpus: int, resources: dict[str, float] | None = None) -> Node:
+        """One more raylet on 127.0.0.1 joining the head (its own name, node id, ports and resources)."""
+        name = self._name("worker")
+        ports = self._node_args(name)
         self.ray(
             "start", "--address", self.address, "--num-cpus", str(num_cpus),
             "--resources", json.dumps(resources or {}), *ports,
         )  # fmt: skip
         node = Node(name, int(ports[ports.index("--node-manager-port") + 1]), head=False)
         self.nodes.append(node)
-        self.wait_for_nodes(alive + 1)
+        self.node_id(node)
         return node
 
     def raylet_pid(self, node: Node) -> int | None:
         for pid in _pids():
             line = _cmdline(pid)
-            if "raylet" in line.split(" ", 1)[0] and self.temp_dir in line and (
-                f"--node_manager_port={node.node_manager_port}" in line
+            if (
+                "raylet" in line.split(" ", 1)[0]
+                and self.temp_dir in line
+                and (f"--node_manager_port={node.node_manager_port}" in line)
             ):
                 return pid
         return None
@@ -237,12 +253,23 @@ class LocalRayCluster:
         except OSError:
             return []
 
-    def wait_for_nodes(self, count: int, timeout: float = 90) -> None:
+    def node_id(self, node: Node, timeout: float = 90) -> str:
+        """The Ray node id of a started node (waits until the GCS lists it alive)."""
         deadline = time.monotonic() + timeout
-        while len(self.alive_nodes()) != count:
+        while True:
+            ids = [n["node_id"] for n in self.alive_nodes() if n["node_name"] == node.name]
+            if ids:
+                return ids[0]
             if time.monotonic() > deadline:
-                raise RuntimeError(f"cluster has {len(self.alive_nodes())} alive nodes, expected {count}")
+                raise RuntimeError(f"node {node.name} did not join the cluster within {timeout} s")
             time.sleep(0.5)
+
+    def actors(self, class_name: str) -> list[dict]:
+        """Every actor of that class the GCS knows, dead ones included (node_id, pid, state, ...)."""
+        return self.state(
+            "actors?detail=true&limit=10000&filter_keys=class_name&filter_predicates=%3D"
+            f"&filter_values={class_name}"
+        )
 
     def _wait_for_dashboard(self, timeout: float = 90) -> None:
         deadline = time.monotonic() + timeout

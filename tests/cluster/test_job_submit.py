@@ -5,32 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import mlflow
-
 from maskgan.training import checkpoint as ckpt
-
-LOOP = {"batch_size": 4, "log_every": 1, "image_every": 2, "checkpoint_every": 2, "val_every": 4,
-        "val_batches": 1}  # fmt: skip
-
-
-def train_command(script: str, preset: str, *, data: str, storage: str, mlflow_uri: str, run_key: str,
-                  max_steps: int, **loop) -> list[str]:  # fmt: skip
-    overrides = [arg for key, value in {**LOOP, **loop}.items() for arg in ("--set", f"loop.{key}={value}")]
-    return ["python", f"pipelines/{script}", "--preset", preset, "--data", data, "--storage", storage,
-            "--mlflow-uri", mlflow_uri, "--run-key", run_key, "--max-steps", str(max_steps),
-            "--num-workers", "1", *overrides]  # fmt: skip
-
-
-def runs_of(tracking_uri: str, run_key: str) -> list:
-    client = mlflow.MlflowClient(tracking_uri)
-    experiment = client.get_experiment_by_name("maskgan")
-    if experiment is None:
-        return []
-    return client.search_runs([experiment.experiment_id], f"tags.`maskgan.run_key` = '{run_key}'")
-
-
-def metric_history(tracking_uri: str, run_id: str, key: str) -> list[int]:
-    return sorted(m.step for m in mlflow.MlflowClient(tracking_uri).get_metric_history(run_id, key))
+from tests.cluster.jobs import metric_history, runs_of, train_command
 
 
 def uploaded_working_dirs(temp_dir: str) -> list[Path]:
@@ -71,10 +47,11 @@ def test_a_submitted_training_job_succeeds_and_a_resubmission_trains_nothing(
 
     before = sorted(os.listdir(run_folder))
     again = jobs.submit("maskvae-second", command)
-    assert again.returncode == 0 and jobs.info("maskvae-second")["status"] == "SUCCEEDED", again.stdout[-3000:]
+    assert again.returncode == 0 and jobs.info("maskvae-second")["status"] == "SUCCEEDED", again.stdout[
+        -3000:
+    ]
     assert "maskvae run maskvae-job-a: already finished to step 4" in jobs.logs("maskvae-second")
     assert sorted(os.listdir(run_folder)) == before  # no new checkpoint
     (same,) = runs_of(tracking_uri, "job-a")  # no second MLflow run, and nothing logged to the first
     assert same.info.run_id == run.info.run_id
     assert metric_history(tracking_uri, run.info.run_id, "loss/total") == [1, 2, 3, 4]
-
