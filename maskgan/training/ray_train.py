@@ -431,11 +431,14 @@ def _worker(payload: dict[str, Any]) -> None:
     stage = stage_module.build(stage_config, device, rank=rank)
     upstream = stage.load_upstream(stage_config.data.storage) if hasattr(stage, "load_upstream") else {}
 
-    start_step, resumed_from = 0, None
+    start_step, resumed_from, state = 0, None, None
     restored = ray.train.get_checkpoint()
     if restored is not None:
         with restored.as_directory() as directory:
             state, meta = ckpt.read_checkpoint(directory)
+    else:
+        state = _unregistered_checkpoint_state(payload, ray_config.storage)
+    if state is not None:
         stage.load_state_dict(state["stage"])
         start_step = resumed_from = int(state["step"])
         rng_states = state.get("rng") or []
@@ -518,6 +521,30 @@ def _worker(payload: dict[str, Any]) -> None:
         tracker.finish("FAILED")
         raise
     tracker.finish("FINISHED")
+
+
+def _unregistered_checkpoint_state(payload: dict[str, Any], storage_config: StorageConfig) -> dict | None:
+    """The state of the newest complete checkpoint in the run folder, for a worker group Ray Train
+    (re)started without one.
+
+    Ray Train registers a reported checkpoint only when its controller next polls the workers: when the
+    node of a worker dies after the upload and before that poll (a lost machine does not wait), the
+    restarted group gets no checkpoint although the run folder holds one. Without this the run would
+    start again at step 1 in the same MLflow run. A checkpoint that cannot be read (Ray uploads its
+    files in no particular order) is skipped with a warning.
+    """
+    from maskgan.training import checkpoint as ckpt
+
+    uri = ckpt.latest_checkpoint(payload["run_uri"], storage_config, stage=payload["stage"], max_depth=1)
+    if uri is None:
+        return None
+    try:
+        state, _ = ckpt.load_checkpoint_uri(uri, storage_config)
+    except (OSError, ValueError, storage.StorageError) as error:
+        logger.warning("Ray Train gave no checkpoint and %s cannot be read (%s): starting fresh", uri, error)
+        return None
+    logger.warning("Ray Train gave no checkpoint; resuming from %s found in the run folder", uri)
+    return state
 
 
 class _Hooks:

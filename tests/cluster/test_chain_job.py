@@ -39,7 +39,12 @@ def mlflow_state(uri: str) -> dict:
     models = client.search_registered_models()
     return {
         "runs": sorted(
-            (r.info.run_id, r.data.tags.get("maskgan.stage"), r.data.tags.get("maskgan.run_key"), r.info.status)
+            (
+                r.info.run_id,
+                r.data.tags.get("maskgan.stage"),
+                r.data.tags.get("maskgan.run_key"),
+                r.info.status,
+            )
             for r in runs
         ),
         "versions": {

@@ -10,7 +10,7 @@ from tests.cluster.jobs import metric_history, runs_of, train_command
 
 
 def uploaded_working_dirs(temp_dir: str) -> list[Path]:
-    """The working_dir packages the cluster unpacked for its jobs (session_2*: not the session_latest link)."""
+    """The working_dir packages the cluster unpacked for its jobs (session_2*: not session_latest)."""
     found = Path(temp_dir).glob("session_2*/runtime_resources/working_dir_files/_ray_pkg_*")
     return sorted(path for path in found if path.is_dir())
 

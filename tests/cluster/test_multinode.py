@@ -94,7 +94,9 @@ def test_two_workers_on_two_nodes_resume_from_s3_after_the_worker_node_is_lost(
     assert placements == sorted([sorted([head_id, lost_id]), sorted([head_id, new_id])]), groups
 
     # Resumed from the last checkpoint in S3, completed, in the same (one) MLflow run.
-    resumed = re.search(rf"maskvae run maskvae-{run_key}: trained to step {MAX_STEPS}, resumed after step (\d+)", logs)
+    resumed = re.search(
+        rf"maskvae run maskvae-{run_key}: trained to step {MAX_STEPS}, resumed after step (\d+)", logs
+    )
     assert resumed, logs[-4000:]
     resumed_from = int(resumed.group(1))
     assert 2 <= resumed_from < MAX_STEPS and resumed_from % 2 == 0
