@@ -157,6 +157,25 @@ def _alias_version(client: mlflow.MlflowClient, name: str, alias: str) -> int | 
 # ------------------------------------------------------------------------------------------ register
 
 
+@contextlib.contextmanager
+def _process_tracking_uri(uri: str):
+    """Point MLflow's process-wide tracking URI at `uri` for the block, then restore it exactly.
+
+    A SQLite registry resolves a `models:/<model id>` source (an MLflow 3 logged model) through the
+    process-wide tracking URI, not the client's (MlflowClient() inside create_model_version): without
+    this it looks in whatever the process points at (./mlflow.db by default) and fails.
+    """
+    import mlflow
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    previous = tracking_utils._tracking_uri
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous)
+
+
 def _source(client: mlflow.MlflowClient, run_id: str, artifact_path: str) -> tuple[str, str | None]:
     """(source URI, logged model id or None) of a run's logged model named artifact_path, else its folder."""
     run = client.get_run(run_id)
@@ -215,7 +234,8 @@ def register(
     _check_name(name)
     _check_run(run_id, artifact_path)
     client = _client(config)
-    with _mlflow_errors(config, f"register {name} from run {run_id}"):
+    action = f"register {name} from run {run_id}"
+    with _mlflow_errors(config, action), _process_tracking_uri(client.tracking_uri):
         source, model_id = _source(client, run_id, artifact_path)
         existing = _find_version(client, name, run_id, source)
         if existing is not None:
@@ -417,3 +437,136 @@ def _write(
         client.set_model_version_tag(name, version, key, value)
     if decision.outcome == PROMOTED:
         client.set_registered_model_alias(name, CHAMPION, version)
+
+
+# ------------------------------------------------------------------------------ stage models (issue 8)
+
+# Training stage -> (registered model name, artefact folder in its MLflow run, networks inference needs).
+# The artefact folder is a checkpoint folder trimmed to those networks: meta.json + weights/<net>.pt,
+# so `maskgan.training.checkpoint` and `maskgan.evaluation.load_network` read a downloaded copy as is.
+STAGE_MODELS: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "maskvae": ("maskgan-maskvae", "maskvae", ("mask_vae",)),
+    "dmn": ("maskgan-dmn", "dmn", ("generator", "generator_ema")),
+    "parser": ("maskgan-parser", "parser", ("parser",)),
+}
+RUN_KEY_TAG = "maskgan.run_key"  # the chain / run key a version was registered from
+CHECKPOINT_TAG = "maskgan.checkpoint_uri"  # the checkpoint a version's files were copied from
+STEP_TAG = "maskgan.step"
+
+
+def _stage_model(stage: str) -> tuple[str, str, tuple[str, ...]]:
+    if stage not in STAGE_MODELS:
+        raise ValueError(f"stage {stage!r} has no registered model; one of {', '.join(STAGE_MODELS)}")
+    return STAGE_MODELS[stage]
+
+
+def log_checkpoint_model(
+    config: TrackingConfig,
+    run_id: str,
+    checkpoint_uri: str,
+    *,
+    stage: str,
+    storage: StorageConfig | None = None,
+) -> str:
+    """Copy a checkpoint's inference files into run_id's artefact folder STAGE_MODELS[stage][1].
+
+    Weights first, meta.json last, so a folder holding meta.json is complete; such a folder is kept
+    as it is (idempotent: a rerun uploads nothing). Returns the artefact path.
+    """
+    import tempfile
+
+    from maskgan import storage as storage_lib
+    from maskgan.training import checkpoint
+
+    _, artifact_path, wanted = _stage_model(stage)
+    _check_run(run_id, artifact_path)
+    client = _client(config)
+    with _mlflow_errors(config, f"log the {stage} model into run {run_id}"):
+        logged = {os.path.basename(item.path) for item in client.list_artifacts(run_id, artifact_path)}
+        if checkpoint.META_FILE in logged:
+            return artifact_path
+        uri = checkpoint.resolve_checkpoint(checkpoint_uri, storage, stage=stage)
+        meta = checkpoint.read_meta(uri, storage)
+        kept = [name for name in meta.get("networks", []) if name in wanted]
+        if not kept:
+            raise ValueError(f"checkpoint {uri} holds none of {wanted} (networks: {meta.get('networks')})")
+        source = storage_lib.resolve(uri, storage)
+        with tempfile.TemporaryDirectory(prefix=f"maskgan-{stage}-") as folder:
+            weights = os.path.join(folder, checkpoint.WEIGHTS_DIR)
+            os.makedirs(weights)
+            for name in kept:
+                with open(os.path.join(weights, f"{name}.pt"), "wb") as handle:
+                    handle.write(storage_lib.read_bytes(source.join(checkpoint.WEIGHTS_DIR, f"{name}.pt")))
+            client.log_artifacts(run_id, weights, f"{artifact_path}/{checkpoint.WEIGHTS_DIR}")
+            meta_path = os.path.join(folder, checkpoint.META_FILE)
+            with open(meta_path, "w") as handle:
+                json.dump({**meta, "networks": kept, "exported_from": uri}, handle, indent=2, sort_keys=True)
+            client.log_artifact(run_id, meta_path, artifact_path)
+    return artifact_path
+
+
+def find_version_by_tag(config: TrackingConfig, name: str, key: str, value: str) -> int | None:
+    """The newest version of `name` whose tag `key` equals `value`, or None."""
+    _check_name(name)
+    if "'" in value or "`" in key:
+        raise ValueError(f"tag {key!r} = {value!r} cannot be searched for (quotes)")
+    client = _client(config)
+    with _mlflow_errors(config, f"search {name} versions"):
+        versions = client.search_model_versions(f"name = '{name}' and tags.`{key}` = '{value}'")
+    return max((int(v.version) for v in versions), default=None)
+
+
+def version_tags(config: TrackingConfig, name: str, version: int) -> dict[str, str]:
+    """A registered version's tags."""
+    _check_name(name)
+    client = _client(config)
+    with _mlflow_errors(config, f"read {name} version {version}"):
+        return dict(client.get_model_version(name, str(version)).tags)
+
+
+def register_checkpoint(
+    config: TrackingConfig,
+    stage: str,
+    run_id: str,
+    checkpoint_uri: str,
+    *,
+    run_key: str | None = None,
+    storage: StorageConfig | None = None,
+    tags: Mapping[str, Any] | None = None,
+) -> tuple[int, bool]:
+    """Log a maskvae / dmn / parser checkpoint into its training run and register it; (version, new).
+
+    Idempotent twice over: a version tagged with this run_key (or registered from this run's folder)
+    is returned instead of a new one. The new version gets the alias `challenger` and the tags
+    maskgan.checkpoint_uri (what EBST or the editor load), maskgan.run_key and maskgan.step.
+    """
+    from maskgan.training import checkpoint
+
+    name, _, _ = _stage_model(stage)
+    if run_key is not None:
+        found = find_version_by_tag(config, name, RUN_KEY_TAG, run_key)
+        if found is not None:
+            return found, False
+    artifact_path = log_checkpoint_model(config, run_id, checkpoint_uri, stage=stage, storage=storage)
+    uri = checkpoint.resolve_checkpoint(checkpoint_uri, storage, stage=stage)
+    meta = checkpoint.read_meta(uri, storage)
+    all_tags = {CHECKPOINT_TAG: uri, STEP_TAG: meta.get("step"), "maskgan.stage": stage, **(tags or {})}
+    if run_key is not None:
+        all_tags[RUN_KEY_TAG] = run_key
+    before = find_version(config, name, run_id, artifact_path)
+    version = register(config, name, run_id, artifact_path, tags=all_tags)
+    return version, before is None
+
+
+def champion_checkpoint(config: TrackingConfig, name: str) -> tuple[int, str] | None:
+    """(version, checkpoint URI) of `name`'s champion, or None when it has no champion.
+
+    The URI is the version's maskgan.checkpoint_uri tag (ValueError when the version lacks it).
+    """
+    version = champion_version(config, name)
+    if version is None:
+        return None
+    uri = version_tags(config, name, version).get(CHECKPOINT_TAG)
+    if not uri:
+        raise ValueError(f"{name} v{version} (the champion) has no {CHECKPOINT_TAG} tag to load it from")
+    return version, uri

@@ -1,13 +1,17 @@
-"""The main job on embedded defaults: synthetic CelebAMask-HQ -> Parquet -> MaskVAE, DMN, EBST training.
+"""The main job on embedded defaults: synthetic CelebAMask-HQ -> Parquet -> the retraining chain.
 
 Examples:
   python pipelines/run_pipeline.py
   python pipelines/run_pipeline.py --workdir runs/small --num-images 16 --resolution 32 --max-steps 5
   python pipelines/run_pipeline.py --no-train
-Everything stays under --workdir (default runs/quickstart): local Ray, local storage, SQLite MLflow;
+Everything stays under --workdir (default runs/quickstart): local Ray, local storage, SQLite MLflow.
+The chain (maskgan.chain, as `train_ebst.py --chain`) trains MaskVAE, DMN, EBST and the parser,
+evaluates, registers maskgan-editor and the stage models in MLflow and gates the champion; it ends
+by printing the champion, its metrics, where the image grids are and the MLflow UI command.
 --no-train stops after preprocessing, --max-steps N shortens each training stage. A rerun reuses
-what is finished and matches its flags; a different --num-images regenerates the synthetic data and a
-different --num-images or --resolution rebuilds the Parquet output.
+what is finished and matches its flags (a finished chain trains and registers nothing); a different
+--num-images regenerates the synthetic data and a different --num-images or --resolution rebuilds the
+Parquet output.
 Exit status: 0 done; 1 failed (message says why); 2 bad arguments; 130 interrupted (rerun to continue).
 """
 
@@ -125,7 +129,8 @@ def _ensure_synthetic(wanted: synthetic.SyntheticConfig, raw_uri: str) -> None:
 
 @dataclass(frozen=True, kw_only=True)
 class TrainChainConfig:
-    """After preprocessing: MaskVAE, DMN, then EBST on the tiny presets, local Ray, SQLite MLflow."""
+    """After preprocessing, the retraining chain (maskgan.chain) on the tiny presets: MaskVAE, DMN, EBST,
+    the parser, evaluation, registration and the gate; local Ray, SQLite MLflow, storage in the workdir."""
 
     workdir: str = "runs/quickstart"
     num_workers: int = 1
@@ -139,101 +144,64 @@ class TrainChainConfig:
 
 
 class TrainingChainError(RuntimeError):
-    """A training stage of the main job failed; the message names the stage and why."""
+    """A step of the main job's chain failed; the message names the step and why."""
 
 
 @dataclass(frozen=True)
 class TrainChainResult:
-    results: dict  # stage -> ray_train.TrainResult
+    summary: dict  # maskgan.chain's summary (also <workdir>/train/chain-<key>/summary.json)
     tracking_uri: str
-    image_files: list[str]
+    image_folders: list[str]
 
 
-def _tiny_stage_configs(parquet_uri: str, resolution: int, max_steps: int | None) -> dict:
-    """The three tiny presets pointed at the dataset, their networks sized to its resolution."""
-    from maskgan import config as config_lib
-    from maskgan.training import dmn, ebst, mask_vae
-
-    loop = {"max_steps": max_steps} if max_steps else {}
-    data = {"uri": os.path.abspath(parquet_uri)}
-    return {
-        "maskvae": config_lib.merge(
-            mask_vae.mask_vae_tiny(), {"model": {"image_size": resolution}, "data": data, "loop": loop}
-        ),
-        "dmn": config_lib.merge(
-            dmn.dmn_tiny(), {"generator": {"resolution": resolution}, "data": data, "loop": loop}
-        ),
-        "ebst": config_lib.merge(
-            ebst.ebst_tiny(),
-            {
-                "generator": {"resolution": resolution},
-                "mask_vae": {"image_size": resolution},
-                "data": data,
-                "loop": loop,
-            },
-        ),  # fmt: skip
-    }
-
-
-def train_chain(config: TrainChainConfig, parquet_uri: str) -> TrainChainResult:
-    """Train (or find finished) MaskVAE and DMN, then EBST from their checkpoints; print where things are."""
-    import ray.train
-
-    from maskgan import config as config_lib
+def chain_config(config: TrainChainConfig, parquet_uri: str):
+    """The ChainConfig of the main job: tiny presets sized to the dataset's resolution."""
+    from maskgan import chain
     from maskgan.data import loader
     from maskgan.tracking import TrackingConfig
-    from maskgan.training import ray_train
+    from maskgan.training import ebst, ray_train
 
     workdir = os.path.abspath(config.workdir)
+    resolution = loader.read_manifest(parquet_uri).resolution
+    steps = {"max_steps": config.max_steps} if config.max_steps else {}
+    ebst_config = config_lib.merge(
+        ebst.ebst_tiny(),
+        {"generator": {"resolution": resolution}, "mask_vae": {"image_size": resolution},
+         "data": {"uri": os.path.abspath(parquet_uri)}, "loop": steps},
+    )  # fmt: skip
+    upstream = [f"loop.max_steps={config.max_steps}"] if config.max_steps else []
     tracking = TrackingConfig(
         tracking_uri=f"sqlite:///{workdir}/mlflow.db", artifact_location=f"file://{workdir}/mlartifacts"
     )
     ray_config = ray_train.RayTrainConfig(
         num_workers=config.num_workers, storage_uri=os.path.join(workdir, "train"), tracking=tracking
     )
-    resolution = loader.read_manifest(parquet_uri).resolution
-    configs = _tiny_stage_configs(parquet_uri, resolution, config.max_steps)
-    results = {}
-    for index, stage in enumerate(("maskvae", "dmn", "ebst"), start=1):
-        stage_config = configs[stage]
-        if stage == "ebst":
-            stage_config = config_lib.merge(
-                stage_config,
-                {
-                    "mask_vae_checkpoint": results["maskvae"].checkpoint_uri,
-                    "dmn_checkpoint": results["dmn"].checkpoint_uri,
-                },
-            )
-        print(
-            f"[train {index}/3] {stage}: {stage_config.loop.max_steps} steps, {config.num_workers} worker(s)"
-        )
-        try:
-            results[stage] = ray_train.train(stage_config, ray_config)
-        except (
-            ray_train.DatasetError,
-            ray_train.NonFiniteLossRunError,
-            ray.train.TrainingFailedError,
-        ) as error:
-            raise TrainingChainError(f"training {stage} failed: {error}") from error
-        print(results[stage].summary())
-    images = sorted(
-        os.path.join(root, name)
-        for root, _, names in os.walk(os.path.join(workdir, "mlartifacts"))
-        for name in names
-        if name.endswith(".png")
-        and any(r.mlflow_run_id and r.mlflow_run_id in root for r in results.values())
-    )
-    print("MLflow runs:")
-    for stage, result in results.items():
-        shown = {
-            k: round(v, 4)
-            for k, v in result.metrics.items()
-            if k.startswith(("loss/", "val/")) and isinstance(v, float)
-        }
-        print(f"  {stage:8s} run {result.mlflow_run_id}  step {result.step}  {shown}")
-    print("image grids:\n" + "\n".join(f"  {path}" for path in images[-9:]))
-    print(f"open the MLflow UI:\n  mlflow ui --backend-store-uri {tracking.tracking_uri}")
-    return TrainChainResult(results, tracking.tracking_uri, images)
+    stages = chain.stage_configs(ebst_config, size="_tiny", upstream_overrides=upstream)
+    return chain.ChainConfig(**stages, ray=ray_config)
+
+
+def train_chain(config: TrainChainConfig, parquet_uri: str) -> TrainChainResult:
+    """Run (or find finished) the chain on the dataset; print the champion and where things are."""
+    import ray.train
+
+    from maskgan import chain
+    from maskgan.gate import ReportError
+    from maskgan.tracking import TrackingError
+    from maskgan.training import ray_train
+
+    chain_cfg = chain_config(config, parquet_uri)
+    stages = ", ".join(f"{s} {getattr(chain_cfg, s).loop.max_steps} steps" for s in chain.STAGES)
+    print(f"[chain] {stages}; {config.num_workers} worker(s); run key {chain_cfg.run_key()}")
+    try:
+        summary = chain.run_chain(chain_cfg)
+    except (
+        chain.ChainError, TrackingError, ReportError, ValueError, FileNotFoundError,
+        ray_train.DatasetError, ray_train.NonFiniteLossRunError, ray.train.TrainingFailedError,
+    ) as error:  # fmt: skip
+        raise TrainingChainError(f"the chain failed: {error}") from error
+    print(chain.format_summary(summary))
+    folders = [uri.removeprefix("file://") for uri in summary.get("image_grids", {}).values()]
+    return TrainChainResult(summary, chain_cfg.ray.tracking.tracking_uri, folders)
 
 
 def add_training_arguments(parser: argparse.ArgumentParser) -> None:

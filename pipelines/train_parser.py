@@ -13,62 +13,30 @@ the artefact folder `parser` and registered as a version of `maskgan-parser` (al
 from __future__ import annotations
 
 import logging
-import os
 import sys
-import tempfile
 
-from maskgan import storage
 from maskgan.training import cli, ray_train
 from maskgan.training.parser import PRESETS, ParserTrainConfig
 
 REGISTERED_NAME = "maskgan-parser"
 ARTIFACT_PATH = "parser"  # the run's artefact folder that is registered
-INFERENCE_FILES = ("meta.json", "weights/parser.pt")  # what loading a parser needs (no optimiser state)
 
 logger = logging.getLogger(__name__)
 
 
 def build_parser():
     description, _, examples = __doc__.partition("\n\n")
-    return cli.build_parser(description, examples, PRESETS)
-
-
-def log_parser_artifacts(result: ray_train.TrainResult, ray_config: ray_train.RayTrainConfig) -> None:
-    """Copy the final checkpoint's inference files into the MLflow run as artefact folder `parser`."""
-    import mlflow
-
-    from maskgan.tracking import resolve_tracking_uri
-
-    source = storage.resolve(result.checkpoint_uri, ray_config.storage)
-    client = mlflow.MlflowClient(resolve_tracking_uri(ray_config.tracking.tracking_uri))
-    with tempfile.TemporaryDirectory(prefix="maskgan-parser-") as folder:
-        for name in INFERENCE_FILES:
-            target = os.path.join(folder, name)
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            with open(target, "wb") as stream:
-                stream.write(storage.read_bytes(source.join(name)))
-        client.log_artifacts(result.mlflow_run_id, folder, ARTIFACT_PATH)
+    parser = cli.build_parser(description, examples, PRESETS)
+    cli.add_register_argument(parser, REGISTERED_NAME)
+    return parser
 
 
 def register_parser(result: ray_train.TrainResult, ray_config: ray_train.RayTrainConfig) -> int | None:
-    """Log the parser into its MLflow run and register it as maskgan-parser; returns the version.
+    """Log the parser into its MLflow run (artefact folder `parser`) and register it as maskgan-parser.
 
-    None when there is nothing to register (tracking off, no checkpoint) or when this install has no
-    model registry helper (maskgan.registry): the artefact is still logged, registration is skipped.
+    Returns the version; None when there is nothing to register (tracking off, no checkpoint).
     """
-    if not ray_config.tracking.enabled or result.mlflow_run_id is None or result.checkpoint_uri is None:
-        logger.warning("not registering %s: no MLflow run or no checkpoint", REGISTERED_NAME)
-        return None
-    log_parser_artifacts(result, ray_config)
-    try:
-        from maskgan import registry
-    except ModuleNotFoundError:  # REGISTRY HOOK: maskgan.registry (branch `registry`) not merged here yet
-        logger.warning("maskgan.registry is not available: %s logged, not registered", ARTIFACT_PATH)
-        return None
-    return registry.register(
-        ray_config.tracking, REGISTERED_NAME, result.mlflow_run_id, ARTIFACT_PATH,
-        tags={"maskgan.checkpoint_uri": result.checkpoint_uri, "maskgan.step": result.step},
-    )  # fmt: skip
+    return cli.register_result(result, ray_config)
 
 
 def main(
@@ -78,17 +46,12 @@ def main(
     result = ray_train.train(config, ray_config)
     cli.print_result(result)
     if register:
-        version = register_parser(result, ray_config)
-        if version is not None:
-            print(f"  registered: {REGISTERED_NAME} version {version}")
+        register_parser(result, ray_config)
     return result
 
 
 def run(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    parser.add_argument(
-        "--no-register", action="store_true", help=f"do not register the parser as {REGISTERED_NAME}"
-    )
     args = parser.parse_args(argv)
     config, ray_config = cli.resolve(parser, args, ParserTrainConfig, PRESETS)
     if args.print_config:

@@ -200,3 +200,30 @@ def run_cli(body: Callable[[], Any]) -> int:
 
 def print_result(result: ray_train.TrainResult) -> None:
     print(result.summary())
+
+
+def add_register_argument(parser: argparse.ArgumentParser, registered_name: str) -> None:
+    parser.add_argument(
+        "--no-register", action="store_true",
+        help=f"do not log the final weights as a model and register them as {registered_name}",
+    )  # fmt: skip
+
+
+def register_result(result: ray_train.TrainResult, ray_config: ray_train.RayTrainConfig) -> int | None:
+    """Log the final checkpoint's inference files into the run and register them (maskgan.registry).
+
+    Idempotent (the run's version is found, not made again). None when there is nothing to register:
+    tracking off, no MLflow run or no checkpoint.
+    """
+    from maskgan import registry
+
+    name = registry.STAGE_MODELS[result.stage][0]
+    if not ray_config.tracking.enabled or result.mlflow_run_id is None or result.checkpoint_uri is None:
+        logging.getLogger(__name__).warning("not registering %s: no MLflow run or no checkpoint", name)
+        return None
+    version, new = registry.register_checkpoint(
+        ray_config.tracking, result.stage, result.mlflow_run_id, result.checkpoint_uri,
+        storage=ray_config.storage,
+    )  # fmt: skip
+    print(f"  registered: {name} version {version}{'' if new else ' (already registered)'}")
+    return version

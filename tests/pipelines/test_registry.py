@@ -19,6 +19,7 @@ from maskgan.registry import (
     CHAMPION,
     CHAMPION_METRICS_TAG,
     CHAMPION_VERSION_TAG,
+    CHECKPOINT_TAG,
     DECIDED_AT_TAG,
     DECISION_TAG,
     METRICS_TAG,
@@ -26,10 +27,15 @@ from maskgan.registry import (
     REPORT_SOURCE_TAG,
     REPORT_TAG,
     RULE_TAG,
+    RUN_KEY_TAG,
+    STEP_TAG,
+    champion_checkpoint,
     champion_version,
     find_version,
+    find_version_by_tag,
     promote,
     register,
+    register_checkpoint,
     stored_report,
 )
 from maskgan.storage import StorageConfig
@@ -220,6 +226,109 @@ def test_a_pyfunc_registers_and_loads_by_champion_alias(store, tmp_path):
         register(config, "maskgan-editor", run.info.run_id, "../editor")
     with pytest.raises(ValueError, match="model name 'maskgan-gan' is not one of"):
         register(config, "maskgan-gan", run.info.run_id, "editor")
+
+
+def test_a_logged_model_registers_whatever_the_process_tracking_uri(sqlite_uri, tmp_path, restore_env):
+    """The SQLite registry resolves models:/<id> sources through MLflow's process-wide tracking URI;
+    register() must not depend on it pointing at the same store (make run keeps its store in a workdir)."""
+    config = TrackingConfig(tracking_uri=sqlite_uri)
+    client = mlflow.MlflowClient(sqlite_uri)
+    for model in client.search_registered_models():
+        client.delete_registered_model(model.name)
+    experiment_id = client.create_experiment("elsewhere", (tmp_path / "artifacts").as_uri())
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(sqlite_uri)
+    try:
+        with mlflow.start_run(experiment_id=experiment_id) as run:
+            mlflow.pyfunc.log_model(name="editor", python_model=Doubler(), pip_requirements=[])
+        other = f"sqlite:///{tmp_path}/other.db"
+        mlflow.set_tracking_uri(other)
+        assert register(config, "maskgan-editor", run.info.run_id, "editor") == 1
+        assert mlflow.get_tracking_uri() == other  # restored
+    finally:
+        mlflow.set_tracking_uri(previous)
+
+
+def stage_checkpoint(directory, stage: str) -> dict:
+    """A tiny DMN- or MaskVAE-shaped checkpoint (what the training stages write); returns its state dicts."""
+    import torch
+
+    from maskgan import config as config_lib
+    from maskgan.models.dmn import DenseMappingNetwork, dmn_tiny
+    from maskgan.models.mask_vae import MaskVAE, mask_vae_tiny
+    from maskgan.training.checkpoint import write_checkpoint
+
+    torch.manual_seed(0)
+    if stage == "dmn":
+        networks = {"generator": DenseMappingNetwork(dmn_tiny()),
+                    "generator_ema": DenseMappingNetwork(dmn_tiny()),
+                    "discriminator": torch.nn.Linear(3, 1)}  # fmt: skip
+        config = {"generator": config_lib.to_dict(dmn_tiny())}
+    else:
+        networks, config = (
+            {"mask_vae": MaskVAE(mask_vae_tiny())},
+            {"model": config_lib.to_dict(mask_vae_tiny())},
+        )
+    weights = {name: network.state_dict() for name, network in networks.items()}
+    meta = {"stage": stage, "step": 5, "epoch": 0, "config": config, "manifest_sha256": None}
+    write_checkpoint(str(directory), {"step": 5}, weights=weights, meta=meta)
+    return weights
+
+
+@pytest.mark.parametrize(
+    "stage,name,network,exported",
+    [("dmn", "maskgan-dmn", "generator", ["generator.pt", "generator_ema.pt"]),
+     ("maskvae", "maskgan-maskvae", "mask_vae", ["mask_vae.pt"])],
+)  # fmt: skip
+def test_stage_checkpoints_register_once_and_load_back(store, tmp_path, stage, name, network, exported):
+    """Issue 8: a DMN / MaskVAE run's final weights become a registered version (inference files only),
+    registered once per run key and per run folder, loadable from the registry's copy, and reusable as
+    the champion's checkpoint (what the chain's --reuse-champions reads)."""
+    import torch
+
+    from maskgan.evaluation import load_network
+
+    uri, experiment_id, _ = store
+    config = TrackingConfig(tracking_uri=uri)
+    client = mlflow.MlflowClient(uri)
+    checkpoint = tmp_path / f"{stage}-run" / "checkpoint_000000005"
+    weights = stage_checkpoint(checkpoint, stage)
+    run_id = client.create_run(experiment_id).info.run_id
+    assert find_version_by_tag(config, name, RUN_KEY_TAG, "key-1") is None
+
+    # the run folder stands for its newest checkpoint
+    assert register_checkpoint(config, stage, run_id, str(checkpoint.parent), run_key="key-1") == (1, True)
+    assert aliases(uri, name) == {CHALLENGER: 1}
+    version_tags = tags(uri, name, 1)
+    assert version_tags[CHECKPOINT_TAG] == str(checkpoint)
+    assert (version_tags[RUN_KEY_TAG], version_tags[STEP_TAG], version_tags["maskgan.stage"]) == (
+        "key-1",
+        "5",
+        stage,
+    )
+    assert find_version_by_tag(config, name, RUN_KEY_TAG, "key-1") == 1
+    # again, by run key and without one: the same version, nothing new registered
+    assert register_checkpoint(config, stage, run_id, str(checkpoint), run_key="key-1") == (1, False)
+    assert register_checkpoint(config, stage, run_id, str(checkpoint)) == (1, False)
+    assert len(client.search_model_versions(f"name = '{name}'")) == 1
+    logged = sorted(os.path.basename(item.path) for item in client.list_artifacts(run_id, f"{stage}/weights"))
+    assert logged == exported  # no discriminator, no optimiser state
+
+    local = mlflow.artifacts.download_artifacts(
+        artifact_uri=client.get_model_version(name, "1").source,
+        dst_path=str(tmp_path / "copy"),
+        tracking_uri=uri,
+    )
+    model, meta = load_network(local, network)
+    expected = weights["generator_ema" if stage == "dmn" else network]  # the EMA generator serves
+    assert all(torch.equal(model.state_dict()[key], value) for key, value in expected.items())
+    assert meta["networks"] == [file.removesuffix(".pt") for file in exported]
+
+    assert champion_checkpoint(config, name) is None
+    gate = GateConfig(primary_metric="score")
+    good = {"status": "ok", "split": "val", "metrics": {"score": 0.5}}
+    assert promote(config, name, 1, gate, report=good).outcome == "promoted"
+    assert champion_checkpoint(config, name) == (1, str(checkpoint))
 
 
 def _examples() -> list[list[str]]:

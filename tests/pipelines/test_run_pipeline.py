@@ -106,7 +106,10 @@ def test_a_raw_folder_it_did_not_write_is_not_replaced(tmp_path):
 
 
 def test_main_job_trains_the_chain_and_a_rerun_trains_nothing(tmp_path, ray_session, capsys):
-    """`make run` goes on from preprocessing to MaskVAE, DMN and EBST, tracked in one SQLite MLflow."""
+    """`make run` goes on from preprocessing to the whole chain (MaskVAE, DMN, EBST, parser, evaluation,
+    registry, gate), tracked in one SQLite MLflow; it prints the champion, the grids and the UI command."""
+    import os
+
     import mlflow
 
     args = ["--workdir", str(tmp_path), "--num-images", "16", "--resolution", "32", "--image-size", "64",
@@ -116,18 +119,35 @@ def test_main_job_trains_the_chain_and_a_rerun_trains_nothing(tmp_path, ray_sess
     assert "mlflow ui --backend-store-uri sqlite:///" in printed and "image grids:" in printed
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
-    assert sorted(run.data.tags["maskgan.stage"] for run in runs) == ["dmn", "ebst", "maskvae"]
+    stages = sorted(run.data.tags["maskgan.stage"] for run in runs)
+    assert stages == [
+        "dmn",
+        "ebst",
+        "evaluation",
+        "evaluation",
+        "evaluation",
+        "evaluation",
+        "maskvae",
+        "parser",
+    ]
     assert all(run.info.status == "FINISHED" for run in runs)
-    grids = [line.strip() for line in printed.split("image grids:")[1].splitlines()[1:] if ".png" in line]
-    assert grids and all((tmp_path / grid).exists() or __import__("os").path.exists(grid) for grid in grids)
+    champion = client.get_registered_model("maskgan-editor").aliases["champion"]
+    assert f"champion: maskgan-editor v{champion} (models:/maskgan-editor@champion)" in printed
+    assert "metrics: {" in printed
+    section = printed.split("image grids:")[1].split("summary:")[0]
+    grids = [line.split()[-1].removeprefix("file://") for line in section.splitlines() if line.strip()]
+    assert grids and all(any(name.endswith(".png") for name in os.listdir(grid)) for grid in grids)
 
-    assert entry.cli(args) == 0  # the rerun finds every stage finished
+    assert entry.cli(args) == 0  # the rerun finds the chain finished
     again = capsys.readouterr().out
-    assert "[train 1/3]" in again
+    assert "already finished" in again and "nothing to do" in again and "trained to step" not in again
+    assert f"champion: maskgan-editor v{champion}" in again
     runs_after = client.search_runs([e.experiment_id for e in client.search_experiments()])
-    assert len(runs_after) == 3
+    assert sorted(run.info.run_id for run in runs_after) == sorted(run.info.run_id for run in runs)
+    assert [int(v.version) for v in client.search_model_versions("name = 'maskgan-editor'")] == [1]
     steps = {
         run.data.tags["maskgan.stage"]: client.get_metric_history(run.info.run_id, "loss/total")
         for run in runs_after
+        if run.data.tags["maskgan.stage"] != "evaluation"
     }
     assert all(len({m.step for m in history}) == len(history) for history in steps.values())

@@ -39,8 +39,11 @@ def test_cli_trains_and_a_resubmitted_job_has_nothing_to_do(tmp_path, train_data
         "--set", "loop.batch_size=4", "--set", "loop.log_every=1",
     ]  # fmt: skip
     assert train_maskvae.run(argv) == 0
-    assert "trained to step 2" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "trained to step 2" in printed and "registered: maskgan-maskvae version 1" in printed
     record = json.loads((tmp_path / "runs" / "maskvae-cli" / "result.json").read_text())
     assert record["step"] == 2 and record["checkpoint_uri"].endswith("checkpoint_000000002")
     assert train_maskvae.run(argv) == 0
-    assert "already finished to step 2" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "already finished to step 2" in printed
+    assert "registered: maskgan-maskvae version 1 (already registered)" in printed  # no second version
