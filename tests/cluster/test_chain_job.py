@@ -23,6 +23,9 @@ from tests.cluster.jobs import Jobs
 
 KEY = "chain-job"
 
+# A real cluster, real jobs: minutes on a busy 2-core machine.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
+
 
 def chain_command(data: str, storage: str, mlflow_uri: str) -> list[str]:
     return [

@@ -5,8 +5,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from maskgan.training import checkpoint as ckpt
 from tests.cluster.jobs import metric_history, runs_of, train_command
+
+# A real cluster, real jobs: minutes on a busy 2-core machine.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 
 def uploaded_working_dirs(temp_dir: str) -> list[Path]:

@@ -15,7 +15,7 @@ from maskgan import storage
 from maskgan.training import checkpoint as ckpt
 from tests.cluster.jobs import Jobs, metric_history, runs_of, train_command
 
-pytestmark = pytest.mark.s3
+pytestmark = [pytest.mark.s3, pytest.mark.slow, pytest.mark.timeout(1800)]
 
 MAX_STEPS = 12
 
