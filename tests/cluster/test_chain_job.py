@@ -108,7 +108,7 @@ def test_the_submitted_chain_succeeds_with_an_editor_champion_its_log_names(chai
     champion = champion_version(TrackingConfig(tracking_uri=chain_jobs["uri"]), "maskgan-editor")
     assert champion is not None
     assert f"champion: maskgan-editor v{champion} (models:/maskgan-editor@champion)" in chain_jobs["logs_2"]
-    assert chain_jobs["mlflow_after_second"]["aliases"]["maskgan-editor"]["champion"] == str(champion)
+    assert int(chain_jobs["mlflow_after_second"]["aliases"]["maskgan-editor"]["champion"]) == champion
 
 
 def test_a_stopped_chain_job_resumes_without_redoing_or_duplicating(chain_jobs):
