@@ -175,11 +175,29 @@ class LocalRayCluster:
         self._started += 1
         return f"{kind}-{self._started}"
 
+    def _ray_start(self, *args: str) -> None:
+        """`ray start`; once more after a failure (on a loaded machine its GCS or raylet can miss
+        ray's own start-up deadlines), stopping what the failed try left of this node first."""
+        for attempt in (1, 2):
+            before = self.own_pids()
+            try:
+                completed = self.ray("start", *args, check=False, timeout=300)
+            except subprocess.TimeoutExpired as error:
+                completed = subprocess.CompletedProcess(error.cmd, -1, str(error.stdout), str(error.stderr))
+            if completed.returncode == 0:
+                return
+            kill_all(self.own_pids() - before, grace_s=2)
+            if attempt == 2:
+                raise RuntimeError(
+                    f"ray start failed ({completed.returncode}): {completed.stdout[-2000:]}"
+                    f"{completed.stderr[-3000:]}"
+                )
+
     def start_head(self, num_cpus: int, resources: dict[str, float] | None = None) -> Node:
         name = self._name("head")
         ports = self._node_args(name)
-        self.ray(
-            "start", "--head", "--port", str(self.gcs_port), "--num-cpus", str(num_cpus),
+        self._ray_start(
+            "--head", "--port", str(self.gcs_port), "--num-cpus", str(num_cpus),
             "--dashboard-host", "127.0.0.1", "--dashboard-port", str(self.dashboard_port),
             "--ray-client-server-port", str(free_port()), "--include-dashboard", "true",
             "--resources", json.dumps(resources or {}), *ports,
@@ -194,8 +212,8 @@ class LocalRayCluster:
         """One more raylet on 127.0.0.1 joining the head (its own name, node id, ports and resources)."""
         name = self._name("worker")
         ports = self._node_args(name)
-        self.ray(
-            "start", "--address", self.address, "--num-cpus", str(num_cpus),
+        self._ray_start(
+            "--address", self.address, "--num-cpus", str(num_cpus),
             "--resources", json.dumps(resources or {}), *ports,
         )  # fmt: skip
         node = Node(name, int(ports[ports.index("--node-manager-port") + 1]), head=False)
