@@ -248,6 +248,7 @@ def ray_dataset(
     shuffle_window: int = 4,
     start_epoch: int = 0,
     decode_batch_size: int = 32,
+    decode_cpus: float = 1.0,
 ):
     """A Ray Dataset of decoded rows (id int64, image uint8 (H, W, 3), label uint8 (H, W)) for Ray Train.
 
@@ -300,7 +301,7 @@ def ray_dataset(
     # Reads are I/O and hashing: half a CPU each, which also keeps them out of the decode tasks
     # (different resources -> not fused), so decoding spreads over every CPU, not one task per window.
     dataset = slots.map_batches(read, batch_size=1, batch_format="numpy", num_cpus=0.5).map_batches(
-        decode, batch_size=decode_batch_size, batch_format="numpy"
+        decode, batch_size=decode_batch_size, batch_format="numpy", num_cpus=decode_cpus
     )
     dataset.context.execution_options.preserve_order = True
     return dataset

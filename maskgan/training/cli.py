@@ -69,6 +69,11 @@ def build_parser(
         help=f"CPUs per worker (default: {defaults.cpus_per_worker} on CPU, 4 with GPUs; rest: Ray Data)",
     )  # fmt: skip
     parser.add_argument(
+        "--data-cpus", type=float, default=defaults.data_cpus,
+        help="CPUs per Ray Data decode task; lower it where a node has < 1 CPU beside its train worker "
+        "(default: %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
         "--mlflow-uri", metavar="URI", help="MLflow tracking URI (default: sqlite ./mlflow.db)"
     )
     parser.add_argument(
@@ -130,6 +135,7 @@ def ray_config_from(args: argparse.Namespace, stage_config: Any) -> ray_train.Ra
         num_to_keep=args.num_to_keep,
         max_failures=args.max_failures,
         placement_strategy=args.placement_strategy,
+        data_cpus=args.data_cpus,
         tracking=tracking,
     )
 

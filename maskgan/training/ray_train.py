@@ -70,6 +70,9 @@ class RayTrainConfig:
     max_failures: int = 0
     placement_strategy: str = "PACK"
     shuffle_buffer_rows: int | None = None  # local shuffle rows per worker; None = 4 x batch, 0 = off
+    # CPUs each Ray Data decode task asks for. A task must fit on one node beside the train workers:
+    # on a node with 1 CPU and a 0.5-CPU worker, 1.0 would never be scheduled (training hangs).
+    data_cpus: float = 1.0
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def __post_init__(self) -> None:
@@ -91,6 +94,8 @@ class RayTrainConfig:
             raise ValueError(
                 f"placement_strategy must be one of {PLACEMENT_STRATEGIES}, got {self.placement_strategy!r}"
             )
+        if self.data_cpus <= 0:
+            raise ValueError(f"data_cpus must be positive, got {self.data_cpus}")
         if self.shuffle_buffer_rows is not None and self.shuffle_buffer_rows < 0:
             raise ValueError(f"shuffle_buffer_rows must be >= 0, got {self.shuffle_buffer_rows}")
 
@@ -221,7 +226,9 @@ def check_dataset(data_config: Any) -> DatasetInfo:
     )
 
 
-def _build_datasets(data_config: Any, *, seed: int, start_epoch: int) -> dict[str, Any]:
+def _build_datasets(
+    data_config: Any, *, seed: int, start_epoch: int, decode_cpus: float = 1.0
+) -> dict[str, Any]:
     """Ray Datasets of decoded rows: train (split across workers; its first execution is epoch
     start_epoch) and val (whole, per worker, manifest order, no flip)."""
     from maskgan.data import loader
@@ -229,12 +236,14 @@ def _build_datasets(data_config: Any, *, seed: int, start_epoch: int) -> dict[st
     train = loader.ray_dataset(
         data_config.uri, data_config.split, data_config.storage,
         flip=data_config.flip, seed=seed, shuffle=data_config.shuffle, start_epoch=start_epoch,
+        decode_cpus=decode_cpus,
     )  # fmt: skip
     datasets = {"train": train}
     try:
         datasets["val"] = loader.ray_dataset(
-            data_config.uri, data_config.val_split, data_config.storage, shuffle=False
-        )
+            data_config.uri, data_config.val_split, data_config.storage, shuffle=False,
+            decode_cpus=decode_cpus,
+        )  # fmt: skip
     except ValueError:
         pass  # an empty val split: the loop runs without validation
     for dataset in datasets.values():
@@ -422,11 +431,14 @@ def _worker(payload: dict[str, Any]) -> None:
     stage = stage_module.build(stage_config, device, rank=rank)
     upstream = stage.load_upstream(stage_config.data.storage) if hasattr(stage, "load_upstream") else {}
 
-    start_step, resumed_from = 0, None
+    start_step, resumed_from, state = 0, None, None
     restored = ray.train.get_checkpoint()
     if restored is not None:
         with restored.as_directory() as directory:
             state, meta = ckpt.read_checkpoint(directory)
+    else:
+        state = _unregistered_checkpoint_state(payload, ray_config.storage)
+    if state is not None:
         stage.load_state_dict(state["stage"])
         start_step = resumed_from = int(state["step"])
         rng_states = state.get("rng") or []
@@ -509,6 +521,30 @@ def _worker(payload: dict[str, Any]) -> None:
         tracker.finish("FAILED")
         raise
     tracker.finish("FINISHED")
+
+
+def _unregistered_checkpoint_state(payload: dict[str, Any], storage_config: StorageConfig) -> dict | None:
+    """The state of the newest complete checkpoint in the run folder, for a worker group Ray Train
+    (re)started without one.
+
+    Ray Train registers a reported checkpoint only when its controller next polls the workers: when the
+    node of a worker dies after the upload and before that poll (a lost machine does not wait), the
+    restarted group gets no checkpoint although the run folder holds one. Without this the run would
+    start again at step 1 in the same MLflow run. A checkpoint that cannot be read (Ray uploads its
+    files in no particular order) is skipped with a warning.
+    """
+    from maskgan.training import checkpoint as ckpt
+
+    uri = ckpt.latest_checkpoint(payload["run_uri"], storage_config, stage=payload["stage"], max_depth=1)
+    if uri is None:
+        return None
+    try:
+        state, _ = ckpt.load_checkpoint_uri(uri, storage_config)
+    except (OSError, ValueError, storage.StorageError) as error:
+        logger.warning("Ray Train gave no checkpoint and %s cannot be read (%s): starting fresh", uri, error)
+        return None
+    logger.warning("Ray Train gave no checkpoint; resuming from %s found in the run folder", uri)
+    return state
 
 
 class _Hooks:
@@ -685,7 +721,9 @@ def train(stage_config: Any, ray_config: RayTrainConfig) -> TrainResult:
         "has_val": dataset.val_rows > 0,
     }
     start_epoch = latest_checkpoint_step(run_uri, ray_config.storage) // per_epoch
-    datasets = _build_datasets(stage_config.data, seed=loop_config.seed, start_epoch=start_epoch)
+    datasets = _build_datasets(
+        stage_config.data, seed=loop_config.seed, start_epoch=start_epoch, decode_cpus=ray_config.data_cpus
+    )
     payload["has_val"] = "val" in datasets
     payload["start_epoch"] = start_epoch
 

@@ -25,6 +25,18 @@ def test_a_bad_override_is_a_usage_error_naming_the_field(capsys):
     assert "loop.max_steps" in capsys.readouterr().err
 
 
+def test_data_cpus_reaches_the_ray_config_and_must_be_positive(capsys):
+    parser = train_maskvae.build_parser()
+    args = parser.parse_args(["--preset", "mask_vae_tiny", "--data-cpus", "0.25"])
+    _, ray_config = train_maskvae.cli.resolve(
+        parser, args, train_maskvae.MaskVAETrainConfig, train_maskvae.PRESETS
+    )
+    assert ray_config.data_cpus == 0.25
+    with pytest.raises(SystemExit) as exit_info:
+        train_maskvae.run(["--preset", "mask_vae_tiny", "--data-cpus", "0"])
+    assert exit_info.value.code == 2 and "data_cpus must be positive" in capsys.readouterr().err
+
+
 def test_missing_dataset_and_missing_upstream_fail_with_exit_1(tmp_path, ray_session, capsys):
     code = train_maskvae.run(["--preset", "mask_vae_tiny", "--data", str(tmp_path / "nowhere")])
     assert code == 1 and f"{tmp_path / 'nowhere'} has no manifest.json" in capsys.readouterr().err
