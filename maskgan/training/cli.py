@@ -155,6 +155,11 @@ def init_ray() -> None:
 
 
 def _sigterm_as_interrupt(signum, frame) -> None:
+    # The SIGINT handler in force (during Ray Train's fit(): its graceful abort, see ray_train) runs
+    # first, so SIGTERM stops the workers the way Ctrl-C does; either way a KeyboardInterrupt follows.
+    handler = signal.getsignal(signal.SIGINT)
+    if callable(handler) and handler is not signal.default_int_handler:
+        handler(signal.SIGINT, frame)
     raise KeyboardInterrupt(f"signal {signum}")
 
 
