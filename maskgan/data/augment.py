@@ -72,27 +72,3 @@ def flip_horizontal(batch: dict[str, np.ndarray], coins: np.ndarray) -> dict[str
     label[coins] = labels.mirror_label(label[coins])
     return {**batch, "image": image, "label": label}
 
-
-def channel_jitter(image, probability: float, generator):
-    """(B, 3, H, W) torch images in [-1, 1] -> each sample, with `probability`, gets its RGB channels
-    permuted and each channel's sign flipped (x -> -x), one random draw per sample; the range is kept.
-
-    Used on a training batch BEFORE it serves as both target and style reference, so a sample and its
-    reference get the same transform: the colours a face has then follow its reference image only,
-    never its mask. A new tensor is returned; the input is not modified. `generator` is a torch.Generator.
-    """
-    import torch  # the loaders above use numpy only; torch is imported where it is needed
-
-    if not 0.0 <= probability <= 1.0:
-        raise ValueError(f"channel jitter probability must be in [0, 1], got {probability}")
-    if image.dim() != 4 or image.shape[1] != 3:
-        raise ValueError(f"channel jitter expects (B, 3, H, W) images, got {tuple(image.shape)}")
-    size = image.shape[0]
-    # Draw all three every time (even at probability 0 or 1) so the stream's use does not depend on it.
-    apply = torch.rand(size, generator=generator) < probability  # (B,)
-    perm = torch.argsort(torch.rand(size, 3, generator=generator), dim=1)  # (B, 3) uniform permutations
-    sign = torch.where(torch.rand(size, 3, generator=generator) < 0.5, -1.0, 1.0)  # (B, 3)
-    identity = torch.arange(3).expand(size, 3)
-    perm = torch.where(apply[:, None], perm, identity).to(image.device)
-    sign = torch.where(apply[:, None], sign, torch.ones(size, 3)).to(image.device, image.dtype)
-    return torch.gather(image, 1, perm[:, :, None, None].expand_as(image)) * sign[:, :, None, None]

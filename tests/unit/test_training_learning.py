@@ -116,6 +116,7 @@ def dmn_run(learning_parquet):
         stage = dmn.build(config, "cpu")
         before = val_metrics(stage, learning_parquet)
         train(stage, config, learning_parquet)
+    print(f"DMN val before {before}, after {val_metrics(stage, learning_parquet)}")  # shown with -s
     return before, stage
 
 
@@ -152,6 +153,7 @@ def ebst_run(dmn_run, learning_parquet):
         before = val_metrics(stage, learning_parquet)
         train(stage, config, learning_parquet)
         after = val_metrics(stage, learning_parquet)
+    print(f"EBST val before {before}, after {after}")  # shown with -s
     return before, after
 
 
