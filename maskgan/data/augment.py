@@ -71,4 +71,3 @@ def flip_horizontal(batch: dict[str, np.ndarray], coins: np.ndarray) -> dict[str
     image[coins] = image[coins][:, :, ::-1]
     label[coins] = labels.mirror_label(label[coins])
     return {**batch, "image": image, "label": label}
-

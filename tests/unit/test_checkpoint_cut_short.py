@@ -33,7 +33,8 @@ def test_a_copy_cut_short_after_meta_json_reads_as_incomplete(tmp_path):
     run = tmp_path / "run"
     write(run / "checkpoint_000000002", 2)
     write(run / "checkpoint_000000004", 4)
-    assert read_meta(str(run / "checkpoint_000000004"))["files"].keys() == {STATE_FILE, "weights/generator.pt"}
+    listed = read_meta(str(run / "checkpoint_000000004"))["files"]
+    assert listed.keys() == {STATE_FILE, "weights/generator.pt"}
 
     # The newest checkpoint's copy stopped half-way through its weights file, after meta.json.
     cut = run / "checkpoint_000000006"

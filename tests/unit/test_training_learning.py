@@ -49,6 +49,9 @@ from maskgan.training import dmn, ebst, mask_vae
 from maskgan.training.local import train_local
 from maskgan.training.loop import run_loop, validate
 
+# Training in fixtures: ~4 min for the module on an idle 2-core machine, 2-3x that on a loaded one.
+pytestmark = pytest.mark.timeout(1800)
+
 NUM_IMAGES = 480  # 32 px: 384 train, 48 val faces (the shared tiny_parquet has 77 train faces)
 DMN_STEPS = 1000
 MASK_VAE_STEPS = 100
