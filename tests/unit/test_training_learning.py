@@ -35,6 +35,7 @@ Why this data and config (measured, 32 px, 1 thread, on this machine's shared 2 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import sys
 from pathlib import Path
@@ -89,6 +90,7 @@ def learning_parquet(tmp_path_factory, ray_session) -> str:
     return str(root / "parquet")
 
 
+@functools.cache
 def split_in_id_order(uri: str, split: str) -> dict[str, torch.Tensor]:
     """A whole (small) split in memory, rows sorted by id: independent of how Ray sharded it."""
     parts = list(loader.iter_batches(uri, split, 64))
