@@ -169,6 +169,9 @@ def run_cli(body: Callable[[], Any]) -> int:
     previous = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     try:
         init_ray()
+        # ray.init installs Ray's own SIGTERM handler in the driver (it logs and aborts, status -6):
+        # ours again, so SIGTERM stays an interrupt that leaves the last checkpoint and exits 130.
+        signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
         body()
         return EXIT_OK
     except KeyboardInterrupt:

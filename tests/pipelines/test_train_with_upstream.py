@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 
 import mlflow
+import pytest
 
 from maskgan.training import checkpoint as ckpt
 from pipelines import train_ebst
@@ -42,6 +43,7 @@ def used(printed: str, label: str) -> tuple[str, str]:
     return match.group(1), match.group(2)
 
 
+@pytest.mark.timeout(1500)  # four Ray Train runs; minutes each on a loaded machine
 def test_with_upstream_trains_missing_stages_first_then_reuses_them(tmp_path, train_dataset, capsys):
     assert train_ebst.run(argv(tmp_path, train_dataset, "first", max_steps=2)) == 0
     printed = capsys.readouterr().out
