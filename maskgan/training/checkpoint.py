@@ -36,6 +36,7 @@ META_FILE = "meta.json"
 WEIGHTS_DIR = "weights"
 # Keys the caller supplies in `meta`; networks, created_at and format_version are filled in here.
 REQUIRED_META = ("stage", "step", "epoch", "config", "manifest_sha256")
+FILES_KEY = "files"  # meta.json: {relative path: bytes} of every other file (absent in older checkpoints)
 _NETWORK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -171,12 +172,15 @@ def write_checkpoint(
     """
     weights = _validated_weights(weights)
     meta = _complete_meta(meta, sorted(weights))
+    files = {STATE_FILE: torch_bytes(dict(state))}
+    files |= {f"{WEIGHTS_DIR}/{name}.pt": torch_bytes(sd) for name, sd in weights.items()}
+    # Sizes of the other files: a copy of the folder made by someone else (Ray Train persisting a
+    # reported checkpoint copies files in any order) that was cut short reads as incomplete.
+    meta[FILES_KEY] = {name: len(data) for name, data in sorted(files.items())}
     try:
         meta_text = json.dumps(meta, indent=2, sort_keys=True)
     except TypeError as error:
         raise ValueError(f"checkpoint meta must be JSON-serialisable: {error}") from None
-    files = {STATE_FILE: torch_bytes(dict(state))}
-    files |= {f"{WEIGHTS_DIR}/{name}.pt": torch_bytes(sd) for name, sd in weights.items()}
     location = storage.resolve(directory, storage_config)
     if location.is_s3:
         _write_s3(location, files, meta_text, overwrite)
@@ -248,6 +252,18 @@ def read_meta(uri: str, storage_config: StorageConfig | None = None) -> dict[str
         raise ValueError(
             f"checkpoint {location.uri} has format_version {version!r}; this code reads {FORMAT_VERSION}"
         )
+    expected = meta.get(FILES_KEY)
+    if expected:
+        sizes = {
+            os.path.relpath(info.path, location.path).replace(os.sep, "/"): info.size
+            for info in storage.list_files(location)
+        }
+        short = [f"{name} ({sizes.get(name, 0)} of {size} bytes)" for name, size in expected.items()
+                 if sizes.get(name) != size]  # fmt: skip
+        if short:
+            raise FileNotFoundError(
+                f"{location.uri} is incomplete (a copy or write was cut short): {', '.join(short)}"
+            )
     return meta
 
 
@@ -316,7 +332,10 @@ def latest_checkpoint(
         if parts[-1] != META_FILE or len(parts) - 1 > max_depth or any(p.startswith(".") for p in parts):
             continue
         candidate = location.join(*parts[:-1]).uri
-        meta = read_meta(candidate, storage_config)
+        try:
+            meta = read_meta(candidate, storage_config)
+        except FileNotFoundError:  # meta.json there, but its files are not all there yet
+            continue
         if stage is not None and meta.get("stage") != stage:
             continue
         if best is None or (meta["step"], candidate) > best:

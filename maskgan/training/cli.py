@@ -161,6 +161,11 @@ def init_ray() -> None:
 
 
 def _sigterm_as_interrupt(signum, frame) -> None:
+    # The SIGINT handler in force (during Ray Train's fit(): its graceful abort, see ray_train) runs
+    # first, so SIGTERM stops the workers the way Ctrl-C does; either way a KeyboardInterrupt follows.
+    handler = signal.getsignal(signal.SIGINT)
+    if callable(handler) and handler is not signal.default_int_handler:
+        handler(signal.SIGINT, frame)
     raise KeyboardInterrupt(f"signal {signum}")
 
 
@@ -170,6 +175,9 @@ def run_cli(body: Callable[[], Any]) -> int:
     previous = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     try:
         init_ray()
+        # ray.init installs Ray's own SIGTERM handler in the driver (it logs and aborts, status -6):
+        # ours again, so SIGTERM stays an interrupt that leaves the last checkpoint and exits 130.
+        signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
         body()
         return EXIT_OK
     except KeyboardInterrupt:

@@ -22,7 +22,9 @@ import math
 import os
 import random
 import shutil
+import signal
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -676,6 +678,35 @@ def _mark_killed(tracking_config: TrackingConfig, tracking_uri: str, run_key: st
         logger.warning("could not mark the MLflow run killed: %s", error)
 
 
+def _interrupt_after_ray_abort(trainer: Any) -> None:
+    """Make Ctrl-C during fit() a KeyboardInterrupt AFTER Ray Train's graceful abort.
+
+    Ray Train v2's own SIGINT handler aborts the run (stops the workers, ends its controller) and then
+    calls sys.exit(0) from inside the handler, which ended the driver with status 1 and no message.
+    Wrapping it keeps the abort and then raises KeyboardInterrupt, so callers (the CLI: exit 130, one
+    line) see an ordinary interrupt. Uses Ray's private hook; with a Ray without it, nothing changes.
+    """
+    register = getattr(trainer, "_register_sigint_handler", None)
+    if register is None:
+        return
+
+    def register_then_wrap(controller: Any) -> None:
+        register(controller)
+        ray_handler = signal.getsignal(signal.SIGINT)
+
+        def handler(signum: int, frame: Any) -> None:
+            try:
+                if callable(ray_handler):
+                    ray_handler(signum, frame)
+            except SystemExit:
+                pass
+            raise KeyboardInterrupt(f"signal {signum}")
+
+        signal.signal(signal.SIGINT, handler)
+
+    trainer._register_sigint_handler = register_then_wrap
+
+
 def train(stage_config: Any, ray_config: RayTrainConfig) -> TrainResult:
     """Train one stage on Ray Train (resuming the run of the same name if it exists)."""
     import ray.train
@@ -759,6 +790,8 @@ def train(stage_config: Any, ray_config: RayTrainConfig) -> TrainResult:
     stopped = storage.resolve(run_uri, ray_config.storage).join(STOPPED_FILE)
     if storage.exists(stopped):
         stopped.fs.delete_file(stopped.path)  # from an earlier attempt with other settings
+    _interrupt_after_ray_abort(trainer)
+    previous_sigint = signal.getsignal(signal.SIGINT)
     try:
         result = trainer.fit()
     except KeyboardInterrupt:
@@ -766,6 +799,9 @@ def train(stage_config: Any, ray_config: RayTrainConfig) -> TrainResult:
         # are (a half-uploaded one never is). Mark the MLflow run KILLED; a rerun resumes it.
         _mark_killed(ray_config.tracking, tracking_uri, run_key, stage)
         raise
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, previous_sigint)  # fit() leaves Ray's handler installed
     reason = storage.read_text_if_exists(stopped)
     if reason:
         raise NonFiniteLossRunError(f"{name} stopped: {json.loads(reason)['reason']}")
