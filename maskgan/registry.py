@@ -475,7 +475,6 @@ def log_checkpoint_model(
     """
     import tempfile
 
-    from maskgan import storage as storage_lib
     from maskgan.training import checkpoint
 
     _, artifact_path, wanted = _stage_model(stage)
@@ -486,22 +485,11 @@ def log_checkpoint_model(
         if checkpoint.META_FILE in logged:
             return artifact_path
         uri = checkpoint.resolve_checkpoint(checkpoint_uri, storage, stage=stage)
-        meta = checkpoint.read_meta(uri, storage)
-        kept = [name for name in meta.get("networks", []) if name in wanted]
-        if not kept:
-            raise ValueError(f"checkpoint {uri} holds none of {wanted} (networks: {meta.get('networks')})")
-        source = storage_lib.resolve(uri, storage)
         with tempfile.TemporaryDirectory(prefix=f"maskgan-{stage}-") as folder:
+            checkpoint.export_inference(uri, folder, frozenset(wanted), storage)
             weights = os.path.join(folder, checkpoint.WEIGHTS_DIR)
-            os.makedirs(weights)
-            for name in kept:
-                with open(os.path.join(weights, f"{name}.pt"), "wb") as handle:
-                    handle.write(storage_lib.read_bytes(source.join(checkpoint.WEIGHTS_DIR, f"{name}.pt")))
             client.log_artifacts(run_id, weights, f"{artifact_path}/{checkpoint.WEIGHTS_DIR}")
-            meta_path = os.path.join(folder, checkpoint.META_FILE)
-            with open(meta_path, "w") as handle:
-                json.dump({**meta, "networks": kept, "exported_from": uri}, handle, indent=2, sort_keys=True)
-            client.log_artifact(run_id, meta_path, artifact_path)
+            client.log_artifact(run_id, os.path.join(folder, checkpoint.META_FILE), artifact_path)
     return artifact_path
 
 

@@ -17,7 +17,6 @@ import base64
 import binascii
 import contextlib
 import io
-import json
 import os
 import tempfile
 from collections.abc import Iterator
@@ -153,7 +152,6 @@ def export_editor_bundle(
     checkpoint_uri may also be a released latest_net_G.pth (its generator, built with released_config,
     default official 512 px, is converted and saved).
     """
-    from maskgan import storage
     from maskgan.training import checkpoint
 
     if os.path.isfile(checkpoint_uri):
@@ -163,14 +161,7 @@ def export_editor_bundle(
     kept = [name for name in meta.get("networks", []) if name in INFERENCE_NETWORKS]
     if not {"generator", "generator_ema"} & set(kept):
         raise ValueError(f"checkpoint {uri} (stage {meta.get('stage')!r}) holds no generator to export")
-    source = storage.resolve(uri, storage_config)
-    os.makedirs(os.path.join(directory, checkpoint.WEIGHTS_DIR), exist_ok=True)
-    for name in kept:
-        relative = f"{checkpoint.WEIGHTS_DIR}/{name}.pt"
-        with open(os.path.join(directory, relative), "wb") as handle:
-            handle.write(storage.read_bytes(source.join(checkpoint.WEIGHTS_DIR, f"{name}.pt")))
-    with open(os.path.join(directory, checkpoint.META_FILE), "w") as handle:
-        json.dump({**meta, "networks": kept, "exported_from": uri}, handle, indent=2, sort_keys=True)
+    checkpoint.export_inference(uri, directory, frozenset(kept), storage_config)
     return directory
 
 
@@ -267,19 +258,13 @@ def log_editor_model(
 
 def export_parser(uri: str, directory: str, storage_config: StorageConfig | None = None) -> str:
     """Copy a parser checkpoint's meta.json and weights/parser.pt to a local folder."""
-    from maskgan import storage
     from maskgan.training import checkpoint
 
     uri = checkpoint.resolve_checkpoint(uri, storage_config)
     meta = checkpoint.read_meta(uri, storage_config)
     if "parser" not in meta.get("networks", []):
         raise ValueError(f"checkpoint {uri} holds no parser network (networks: {meta.get('networks')})")
-    os.makedirs(os.path.join(directory, checkpoint.WEIGHTS_DIR), exist_ok=True)
-    source = storage.resolve(uri, storage_config).join(checkpoint.WEIGHTS_DIR, "parser.pt")
-    with open(os.path.join(directory, checkpoint.WEIGHTS_DIR, "parser.pt"), "wb") as handle:
-        handle.write(storage.read_bytes(source))
-    with open(os.path.join(directory, checkpoint.META_FILE), "w") as handle:
-        json.dump({**meta, "networks": ["parser"], "exported_from": uri}, handle, indent=2, sort_keys=True)
+    checkpoint.export_inference(uri, directory, frozenset({"parser"}), storage_config)
     return directory
 
 

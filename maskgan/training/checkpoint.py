@@ -188,6 +188,36 @@ def write_checkpoint(
         _write_local(location.path, files, meta_text, overwrite)
 
 
+def export_inference(
+    uri: str, directory: str, networks: set[str] | frozenset[str], storage_config: StorageConfig | None = None
+) -> list[str]:
+    """Copy the inference part of a checkpoint to a local folder: the weights of those of `networks`
+    it holds and a meta.json naming only them (no state.pt, optimisers, discriminator, ...).
+
+    meta.json is written last and lists the copied files' sizes, so the copy reads as complete and a
+    copy cut short does not. Returns the networks copied; ValueError when the checkpoint holds none.
+    """
+    meta = read_meta(uri, storage_config)
+    kept = [name for name in meta.get("networks", []) if name in networks]
+    if not kept:
+        raise ValueError(
+            f"checkpoint {uri} holds none of {sorted(networks)} (networks: {meta.get('networks')})"
+        )
+    source = storage.resolve(uri, storage_config)
+    os.makedirs(os.path.join(directory, WEIGHTS_DIR), exist_ok=True)
+    files = {}
+    for name in kept:
+        relative = f"{WEIGHTS_DIR}/{name}.pt"
+        data = storage.read_bytes(source.join(WEIGHTS_DIR, f"{name}.pt"))
+        with open(os.path.join(directory, relative), "wb") as handle:
+            handle.write(data)
+        files[relative] = len(data)
+    exported = {**meta, "networks": kept, "exported_from": uri, FILES_KEY: files}
+    with open(os.path.join(directory, META_FILE), "w") as handle:
+        json.dump(exported, handle, indent=2, sort_keys=True)
+    return kept
+
+
 def _write_s3(location: storage.Location, files: dict[str, bytes], meta_text: str, overwrite: bool) -> None:
     meta_location = location.join(META_FILE)
     if storage.exists(meta_location):

@@ -15,6 +15,7 @@ import torch
 from maskgan.training.checkpoint import (
     META_FILE,
     STATE_FILE,
+    export_inference,
     latest_checkpoint,
     load_weights,
     read_meta,
@@ -54,3 +55,26 @@ def test_a_copy_cut_short_after_meta_json_reads_as_incomplete(tmp_path):
     (cut / "weights" / "generator.pt").write_bytes(whole)
     with pytest.raises(FileNotFoundError, match=rf"{STATE_FILE} \(0 of \d+ bytes\)"):
         read_meta(str(cut))
+
+
+def test_an_exported_inference_copy_is_complete_and_names_only_what_it_holds(tmp_path):
+    """export_inference (editor bundles, registered stage models) copies weights without state.pt:
+    its meta.json must list just those files, or every exported bundle would read as cut short."""
+    source = tmp_path / "checkpoint_000000002"
+    weights = {"generator": {"w": torch.ones(4, 4)}, "discriminator": {"w": torch.zeros(2)}}
+    write_checkpoint(str(source), {"step": 2}, weights=weights, meta={**META, "step": 2})
+    bundle = tmp_path / "bundle"
+
+    kept = export_inference(str(source), str(bundle), frozenset({"generator", "blender"}))
+
+    assert kept == ["generator"]
+    meta = read_meta(str(bundle))
+    assert meta["networks"] == ["generator"] and meta["files"].keys() == {"weights/generator.pt"}
+    assert meta["exported_from"] == str(source)
+    assert torch.equal(load_weights(str(bundle), "generator")["w"], torch.ones(4, 4))
+    assert not (bundle / STATE_FILE).exists() and not (bundle / "weights" / "discriminator.pt").exists()
+    (bundle / "weights" / "generator.pt").write_bytes(b"short")
+    with pytest.raises(FileNotFoundError, match="incomplete"):
+        read_meta(str(bundle))
+    with pytest.raises(ValueError, match="holds none of"):
+        export_inference(str(source), str(tmp_path / "other"), frozenset({"parser"}))
