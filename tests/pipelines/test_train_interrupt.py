@@ -57,26 +57,12 @@ def assert_checkpoint_loads(folder: Path) -> int:
     return meta["step"]
 
 
-SIGTERM_UNVERIFIED = pytest.mark.xfail(
-    strict=False,
-    reason="not yet seen passing: on an overloaded machine the SIGTERM run ended with status 1 before its "
-    "first checkpoint (cause not found); an earlier run showed Ray's SIGTERM handler aborting the driver "
-    "(status -6), fixed in cli.run_cli since",
-)
-
-
 @pytest.mark.timeout(1500)
-@pytest.mark.xfail(
-    strict=False,
-    reason="OPEN BUG (issue 7 point 7): the exit (130, one line) and the checkpoints left pass, but the "
-    "rerun after a Ctrl-C restarted from step 0 at least once (checkpoint_000000002 rewritten, no "
-    "'resumed after step' in its summary); cause not found yet",
-)
 @pytest.mark.parametrize(
     "how",
     [
         "SIGINT to the process group (Ctrl-C)",
-        pytest.param("SIGTERM to the CLI process", marks=SIGTERM_UNVERIFIED),
+        "SIGTERM to the CLI process",
     ],
 )
 def test_interrupted_training_keeps_complete_checkpoints_and_the_rerun_resumes(tmp_path, train_dataset, how):
