@@ -262,6 +262,15 @@ def _write_local(path: str, files: dict[str, bytes], meta_text: str, overwrite: 
 # ------------------------------------------------------------------------------------------- reading
 
 
+def _relative(path: str, location: storage.Location) -> str:
+    """A listed file's path below location, "/"-separated.
+
+    Text, not os.path.relpath: an S3 path ("bucket/key") is not a local one, and relpath resolves it
+    against the working directory, which a Ray job's driver may no longer have (FileNotFoundError).
+    """
+    return path.removeprefix(location.path.rstrip("/") + "/")
+
+
 def read_meta(uri: str, storage_config: StorageConfig | None = None) -> dict[str, Any]:
     """meta.json of a complete checkpoint; FileNotFoundError / ValueError say what is wrong and where."""
     location = storage.resolve(uri, storage_config)
@@ -284,10 +293,7 @@ def read_meta(uri: str, storage_config: StorageConfig | None = None) -> dict[str
         )
     expected = meta.get(FILES_KEY)
     if expected:
-        sizes = {
-            os.path.relpath(info.path, location.path).replace(os.sep, "/"): info.size
-            for info in storage.list_files(location)
-        }
+        sizes = {_relative(info.path, location): info.size for info in storage.list_files(location)}
         short = [f"{name} ({sizes.get(name, 0)} of {size} bytes)" for name, size in expected.items()
                  if sizes.get(name) != size]  # fmt: skip
         if short:
@@ -303,10 +309,7 @@ def load_checkpoint_uri(
     """(state, meta) of the checkpoint at a local directory or s3:// URI."""
     meta = read_meta(uri, storage_config)
     location = storage.resolve(uri, storage_config)
-    present = {
-        os.path.relpath(info.path, location.path).replace(os.sep, "/")
-        for info in storage.list_files(location)
-    }
+    present = {_relative(info.path, location) for info in storage.list_files(location)}
     expected = [STATE_FILE] + [f"{WEIGHTS_DIR}/{network}.pt" for network in meta.get("networks", [])]
     absent = [name for name in expected if name not in present]
     if absent:
@@ -357,8 +360,7 @@ def latest_checkpoint(
         return location.uri if stage is None or meta.get("stage") == stage else None
     best: tuple[int, str] | None = None
     for info in storage.list_files(location):
-        relative = os.path.relpath(info.path, location.path).replace(os.sep, "/")
-        parts = relative.split("/")
+        parts = _relative(info.path, location).split("/")
         if parts[-1] != META_FILE or len(parts) - 1 > max_depth or any(p.startswith(".") for p in parts):
             continue
         candidate = location.join(*parts[:-1]).uri

@@ -16,6 +16,7 @@ from torch import nn
 from maskgan.training import checkpoint
 from maskgan.training.checkpoint import (
     FORMAT_VERSION,
+    latest_checkpoint,
     load_checkpoint_uri,
     load_torch_file,
     load_weights,
@@ -218,6 +219,25 @@ def test_s3_round_trip_and_incomplete_upload(s3_bucket):
         load_checkpoint_uri(uri, storage_config)
     with pytest.raises(FileNotFoundError, match=f"no checkpoint at {bucket_uri}/runs/other"):
         read_meta(f"{bucket_uri}/runs/other", storage_config)
+
+
+@pytest.mark.s3
+def test_an_s3_checkpoint_reads_without_a_working_directory(s3_bucket, tmp_path, monkeypatch):
+    """A Ray job's driver may outlive its working directory: S3 paths must never be resolved against it."""
+    bucket_uri, storage_config = s3_bucket
+    run = f"{bucket_uri}/runs/dmn-gone"
+    state, weights = tiny_training_state()
+    write_checkpoint(f"{run}/checkpoint_000000004", state, weights=weights, meta={**META, "step": 4},
+                     storage_config=storage_config)  # fmt: skip
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    gone.rmdir()  # os.getcwd() now raises FileNotFoundError
+
+    assert read_meta(f"{run}/checkpoint_000000004", storage_config)["step"] == 4
+    assert latest_checkpoint(run, storage_config) == f"{run}/checkpoint_000000004"
+    loaded, _ = load_checkpoint_uri(f"{run}/checkpoint_000000004", storage_config)
+    assert_same_tensors(loaded["networks"]["D"], weights["D"])
 
 
 @pytest.mark.s3
