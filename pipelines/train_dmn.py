@@ -25,25 +25,13 @@ def build_parser():
     return parser
 
 
-def main(
-    config: DMNTrainConfig, ray_config: ray_train.RayTrainConfig, *, register: bool = True
-) -> ray_train.TrainResult:
-    """Train (or resume, or find finished) the DMN run these configs name."""
-    result = ray_train.train(config, ray_config)
-    cli.print_result(result)
-    if register:
-        cli.register_result(result, ray_config)
-    return result
+def main(config: DMNTrainConfig, ray_config: ray_train.RayTrainConfig, *, register: bool = True):
+    """Train (or resume, or find finished) the run these configs name; register its model."""
+    return cli.train_and_register(config, ray_config, register=register)
 
 
 def run(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    config, ray_config = cli.resolve(parser, args, DMNTrainConfig, PRESETS)
-    if args.print_config:
-        print(cli.config_lib.to_yaml(config))
-        return 0
-    return cli.run_cli(lambda: main(config, ray_config, register=not args.no_register))
+    return cli.run_stage(argv, build_parser(), DMNTrainConfig, PRESETS)
 
 
 if __name__ == "__main__":

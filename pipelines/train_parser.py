@@ -31,33 +31,13 @@ def build_parser():
     return parser
 
 
-def register_parser(result: ray_train.TrainResult, ray_config: ray_train.RayTrainConfig) -> int | None:
-    """Log the parser into its MLflow run (artefact folder `parser`) and register it as maskgan-parser.
-
-    Returns the version; None when there is nothing to register (tracking off, no checkpoint).
-    """
-    return cli.register_result(result, ray_config)
-
-
-def main(
-    config: ParserTrainConfig, ray_config: ray_train.RayTrainConfig, *, register: bool = True
-) -> ray_train.TrainResult:
-    """Train (or resume, or find finished) the parser run these configs name; register its checkpoint."""
-    result = ray_train.train(config, ray_config)
-    cli.print_result(result)
-    if register:
-        register_parser(result, ray_config)
-    return result
+def main(config: ParserTrainConfig, ray_config: ray_train.RayTrainConfig, *, register: bool = True):
+    """Train (or resume, or find finished) the run these configs name; register its model."""
+    return cli.train_and_register(config, ray_config, register=register)
 
 
 def run(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    config, ray_config = cli.resolve(parser, args, ParserTrainConfig, PRESETS)
-    if args.print_config:
-        print(cli.config_lib.to_yaml(config))
-        return 0
-    return cli.run_cli(lambda: main(config, ray_config, register=not args.no_register))
+    return cli.run_stage(argv, build_parser(), ParserTrainConfig, PRESETS)
 
 
 if __name__ == "__main__":

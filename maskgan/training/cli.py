@@ -235,3 +235,24 @@ def register_result(result: ray_train.TrainResult, ray_config: ray_train.RayTrai
     )  # fmt: skip
     print(f"  registered: {name} version {version}{'' if new else ' (already registered)'}")
     return version
+
+
+def train_and_register(config: Any, ray_config: ray_train.RayTrainConfig, *, register: bool = True):
+    """Train (or resume, or find finished) the run these configs name; print it; register its model."""
+    result = ray_train.train(config, ray_config)
+    print_result(result)
+    if register:
+        register_result(result, ray_config)
+    return result
+
+
+def run_stage(
+    argv: list[str] | None, parser: argparse.ArgumentParser, config_cls: type, presets: dict
+) -> int:
+    """The whole CLI of a registering stage (train_maskvae / train_dmn / train_parser)."""
+    args = parser.parse_args(argv)
+    config, ray_config = resolve(parser, args, config_cls, presets)
+    if args.print_config:
+        print(config_lib.to_yaml(config))
+        return 0
+    return run_cli(lambda: train_and_register(config, ray_config, register=not args.no_register))
