@@ -438,8 +438,7 @@ def _worker(payload: dict[str, Any]) -> None:
     if restored is not None:
         with restored.as_directory() as directory:
             state, meta = ckpt.read_checkpoint(directory)
-    else:
-        state = _unregistered_checkpoint_state(payload, ray_config.storage)
+    state = _newer_run_folder_state(payload, ray_config.storage, after=state) or state
     if state is not None:
         stage.load_state_dict(state["stage"])
         start_step = resumed_from = int(state["step"])
@@ -525,27 +524,34 @@ def _worker(payload: dict[str, Any]) -> None:
     tracker.finish("FINISHED")
 
 
-def _unregistered_checkpoint_state(payload: dict[str, Any], storage_config: StorageConfig) -> dict | None:
-    """The state of the newest complete checkpoint in the run folder, for a worker group Ray Train
-    (re)started without one.
+def _newer_run_folder_state(
+    payload: dict[str, Any], storage_config: StorageConfig, *, after: dict | None
+) -> dict | None:
+    """The state of the newest complete checkpoint in the run folder when it is newer than `after` (the
+    one Ray Train handed the worker, or None); None when there is no newer one.
 
-    Ray Train registers a reported checkpoint only when its controller next polls the workers: when the
-    node of a worker dies after the upload and before that poll (a lost machine does not wait), the
-    restarted group gets no checkpoint although the run folder holds one. Without this the run would
-    start again at step 1 in the same MLflow run. A checkpoint that cannot be read (Ray uploads its
-    files in no particular order) is skipped with a warning.
+    Ray Train registers a reported checkpoint only when its controller next polls the workers: when a
+    worker's node dies, or the job is stopped, after the upload and before that poll, Ray's newest
+    checkpoint is older than the run folder's (or there is none). Resuming from Ray's would train those
+    steps again and overwrite the complete checkpoints they wrote. A checkpoint that cannot be read (Ray
+    uploads its files in no particular order) is skipped with a warning.
     """
     from maskgan.training import checkpoint as ckpt
 
     uri = ckpt.latest_checkpoint(payload["run_uri"], storage_config, stage=payload["stage"], max_depth=1)
-    if uri is None:
+    if uri is None or (after is not None and ckpt.read_meta(uri, storage_config)["step"] <= after["step"]):
         return None
     try:
         state, _ = ckpt.load_checkpoint_uri(uri, storage_config)
     except (OSError, ValueError, storage.StorageError) as error:
-        logger.warning("Ray Train gave no checkpoint and %s cannot be read (%s): starting fresh", uri, error)
+        logger.warning(
+            "the run folder's newest checkpoint %s cannot be read (%s): not resuming from it", uri, error
+        )
         return None
-    logger.warning("Ray Train gave no checkpoint; resuming from %s found in the run folder", uri)
+    given = f"step {after['step']}" if after is not None else "none"
+    logger.warning(
+        "Ray Train's newest registered checkpoint is %s; resuming from %s in the run folder", given, uri
+    )
     return state
 
 
