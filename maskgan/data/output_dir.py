@@ -2,8 +2,15 @@
 
 The job deletes only files it wrote itself: shards named `part-<run>-<task>-<n>.parquet` (run = 8 hex
 digits), its own `.tmp-<uuid>-<name>` temporaries, the shards listed by its own manifest, and its
-own root files (manifest, quarantine, preview). Anything else in a split folder is a person's file:
-the run is refused, naming it, before anything is touched. Source and output must not overlap.
+own root files (manifest, quarantine, preview, the writer claim). Anything else in a split folder is
+a person's file: the run is refused, naming it, before anything is touched. Source and output must not
+overlap.
+
+One run writes a folder at a time: a run claims it (`.maskgan-writer` holds its run id) before its
+first write, and its write tasks check the claim before each shard. The Ray workers of a run killed
+with SIGKILL can outlive their driver by seconds; without the claim, a task of theirs could drop a
+shard into the folder after the next run cleaned it. A run also sweeps such shards once more just
+before it commits its manifest.
 """
 
 from __future__ import annotations
@@ -27,11 +34,16 @@ TEMPORARY_NAME = re.compile(r"\.tmp-[0-9a-f]{32}-(?P<name>.+)")  # storage.write
 # The quarantine list of a failed run that would have replaced a finished one: kept apart so the
 # finished run's quarantine.jsonl still matches its manifest.
 FAILED_QUARANTINE_NAME = "quarantine.failed-run.jsonl"
-ROOT_NAMES = (schema.QUARANTINE_NAME, PREVIEW_NAME, FAILED_QUARANTINE_NAME)
+WRITER_NAME = ".maskgan-writer"  # the run id of the run that may write shards here
+ROOT_NAMES = (schema.QUARANTINE_NAME, PREVIEW_NAME, FAILED_QUARANTINE_NAME, WRITER_NAME)
 
 
 class OutputRefused(RuntimeError):
     """The output folder (or its relation to the source) is not safe to write; nothing was touched."""
+
+
+class OutputTakenOver(RuntimeError):
+    """Another run claimed the output folder while this one was writing to it."""
 
 
 def check_no_overlap(source_uri: str, output_uri: str) -> None:
@@ -141,6 +153,28 @@ def retire(output: Location, old: schema.Manifest | None, new: schema.Manifest |
     if removed:
         log.info("removed %d shards of the replaced run", len(removed))
     return removed
+
+
+def claim(output: Location, run_id: str) -> None:
+    """Make run_id the one run whose write tasks may add shards to the folder."""
+    storage.write_bytes(output.join(WRITER_NAME), run_id.encode())
+
+
+def check_claim(output: Location, run_id: str) -> None:
+    """OutputTakenOver unless the folder's claim still names run_id (a write task asks before a shard)."""
+    holder = storage.read_text_if_exists(output.join(WRITER_NAME))
+    if holder != run_id:
+        now = f"run {holder}" if holder else "no run (its claim was released)"
+        raise OutputTakenOver(
+            f"{output.uri} is now written by {now}, not by run {run_id}: two preprocessing jobs wrote the "
+            "same output, or this is a task of a killed job. Run one job per output folder."
+        )
+
+
+def release(output: Location, run_id: str) -> None:
+    """Drop the claim if it is still run_id's (a run that took over keeps its own)."""
+    if storage.read_text_if_exists(output.join(WRITER_NAME)) == run_id:
+        storage.delete_file(output.join(WRITER_NAME))
 
 
 def remove_run(output: Location, run_id: str) -> None:

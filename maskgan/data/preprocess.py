@@ -370,15 +370,21 @@ def run(config: PreprocessConfig, overwrite: bool = False) -> PreprocessResult:
         listing.split_source,
     )  # fmt: skip
 
-    # The first write: what an unfinished run left (by name; a finished run's shards stay).
-    output_dir.remove_leftovers(output, keep=[shard.path for shard in existing.shards] if existing else [])
+    # The first writes: the claim, then what an unfinished run left goes (by name; a finished run's
+    # shards stay).
     storage.ensure_dir(output)
     run_id = uuid.uuid4().hex[:8]
+    output_dir.claim(output, run_id)
+    kept = [shard.path for shard in existing.shards] if existing else []
+    output_dir.remove_leftovers(output, keep=kept)
     try:
         shards, quarantined = _write_shards(listing, config, output, run_id, replacing=existing is not None)
     except PreprocessError:
         output_dir.remove_run(output, run_id)  # the finished run (if any) stays as it was
+        output_dir.release(output, run_id)
         raise
+    # A task of a killed earlier run may have written after the first sweep (its workers outlive it).
+    output_dir.remove_leftovers(output, keep=kept + [shard.path for shard in shards])
     _write_quarantine(output, quarantined, schema.QUARANTINE_NAME)
     if shards:  # a picture for people; not part of the contract, so written before the manifest
         write_preview(output, shards[0], config.image_encoding, config.decode.resolution)
@@ -409,6 +415,7 @@ def run(config: PreprocessConfig, overwrite: bool = False) -> PreprocessResult:
     # Committed: only now may the replaced run's shards go.
     output_dir.retire(output, existing, manifest)
     storage.delete_file(output.join(output_dir.FAILED_QUARANTINE_NAME))
+    output_dir.release(output, run_id)
     seconds = time.monotonic() - started
     log.info("wrote %d rows in %d shards (%d quarantined) in %.1fs", written, len(shards), len(quarantined),
              seconds)  # fmt: skip
@@ -423,7 +430,14 @@ def _write_shards(
     quarantined = list(listing.quarantined)
     if listing.rows:
         rows_per_shard = _estimate_rows_per_shard(listing, config)
-        for result in _run_ray_pipeline(listing, config, run_id, rows_per_shard):
+        try:
+            results = _run_ray_pipeline(listing, config, run_id, rows_per_shard)
+        except Exception as error:
+            taken_over = _find_cause(error, output_dir.OutputTakenOver)
+            if taken_over is None:
+                raise
+            raise PreprocessError(str(taken_over)) from None
+        for result in results:
             shards += [schema.ShardInfo(**shard) for shard in result["shards"]]
             quarantined += [
                 schema.QuarantineEntry(id=q["id"], reason=q["reason"], files=tuple(q["files"]))
@@ -447,6 +461,19 @@ def _write_shards(
         _write_quarantine(output, quarantined, name)
         raise
     return shards, quarantined
+
+
+def _find_cause(error: BaseException, kind: type[BaseException]) -> BaseException | None:
+    """The innermost `kind` in an error's chain, or None. Ray wraps a task's exception (RayTaskError,
+    which is also an instance of the original's class; Ray Data's UserCodeException) and keeps the
+    original as a cause."""
+    found, seen = None, set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, kind):
+            found = error
+        seen.add(id(error))
+        error = getattr(error, "cause", None) or error.__cause__ or error.__context__
+    return found
 
 
 def _run_ray_pipeline(

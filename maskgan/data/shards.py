@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 from ray.data import Datasink
 
 from maskgan import storage
-from maskgan.data import schema
+from maskgan.data import output_dir, schema
 from maskgan.data.celebamask import SPLITS
 from maskgan.storage import StorageConfig
 
@@ -60,6 +60,7 @@ class ShardSink(Datasink):
                 part = rows.slice(start, self.rows_per_shard).cast(schema.SCHEMA)
                 data = parquet_bytes(part)
                 relative = f"{split}/part-{self.run_id}-{ctx.task_idx:05d}-{number:03d}.parquet"
+                output_dir.check_claim(root, self.run_id)  # a killed job's task stops here
                 storage.write_bytes(root.join(relative), data)
                 shards.append(
                     {

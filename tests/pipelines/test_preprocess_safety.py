@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import time
 from pathlib import Path
 
 import pyarrow.fs as pafs
@@ -256,7 +257,10 @@ def test_the_manifest_is_the_last_write(tmp_path, ray_session, driver_changes):
     commit = driver_changes.index(("write", manifest))
     before, after = driver_changes[:commit], driver_changes[commit + 1 :]
     assert {("delete", str(out / LEFTOVER)), ("delete", str(temporary))} <= set(before)
-    assert {path for _, path in after} <= {str(out / output_dir.FAILED_QUARANTINE_NAME)}, after
+    assert {path for _, path in after} <= {
+        str(out / output_dir.FAILED_QUARANTINE_NAME),
+        str(out / output_dir.WRITER_NAME),
+    }, after
 
     # A replacement: the old run's shards go only after the new manifest is in place.
     driver_changes.clear()
@@ -300,3 +304,49 @@ def test_an_overwrite_retires_the_replaced_runs_shards_after_the_commit(tmp_path
     assert not {s.path for s in old.shards} & set(on_disk)
     again = run(dataclasses.replace(tiny_config(raw, str(out), jpeg_quality=80)))
     assert again.skipped
+
+
+def test_a_shard_a_killed_runs_task_drops_in_during_the_run_is_swept_before_the_commit(tmp_path, ray_session):
+    """The Ray workers of a SIGKILLed run can outlive their driver by seconds: a shard they write after
+    the next run's first clean-up must not stay beside that run's manifest."""
+    import threading
+
+    raw, out = str(tmp_path / "raw"), tmp_path / "out"
+    write_raw(raw, num_images=8)
+    dropped = threading.Event()
+    manifest_existed = []
+
+    def lingering_task():
+        while not (out / output_dir.WRITER_NAME).exists():  # the new run has claimed the folder
+            time.sleep(0.01)
+        manifest_existed.append((out / schema.MANIFEST_NAME).exists())
+        (out / LEFTOVER).parent.mkdir(parents=True, exist_ok=True)
+        (out / LEFTOVER).write_bytes(b"a shard of the killed run")
+        dropped.set()
+
+    thread = threading.Thread(target=lingering_task, daemon=True)
+    thread.start()
+    manifest = run(tiny_config(raw, str(out))).manifest
+    thread.join(timeout=5)
+    assert dropped.is_set() and manifest_existed == [False], "the drop did not land during the run"
+    assert_reconciles(manifest)
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*.parquet")) == sorted(
+        s.path for s in manifest.shards
+    )
+    assert not (out / output_dir.WRITER_NAME).exists()  # the finished run released its claim
+
+
+def test_a_run_whose_folder_another_run_claimed_stops_and_removes_its_own_shards(
+    tmp_path, ray_session, monkeypatch
+):
+    """Two jobs on one output: the one that lost the claim fails naming the other, leaving its files."""
+    raw, out = str(tmp_path / "raw"), tmp_path / "out"
+    write_raw(raw, num_images=6)
+    other = "0badc0de"
+    claim = output_dir.claim
+    # The other job claims the folder right after this one did (before any of this one's shards).
+    monkeypatch.setattr(output_dir, "claim", lambda output, run_id: claim(output, other))
+    with pytest.raises(PreprocessError, match=f"now written by run {other}.*one job per output folder"):
+        run(tiny_config(raw, str(out)))
+    assert not list(out.rglob("*.parquet")) and not (out / schema.MANIFEST_NAME).exists()
+    assert (out / output_dir.WRITER_NAME).read_text() == other  # the other job's claim is left to it
