@@ -136,56 +136,41 @@ def test_ebst_trains_from_upstream_runs_it_finds_finished(upstream, train_datase
 def test_resume_continues_at_next_step_with_the_same_data_in_the_same_mlflow_run(tmp_path, train_dataset):
     # One worker, batch 16: 2 steps per epoch; stopping after step 1 and going on to step 3 resumes
     # inside epoch 0 (one batch to skip) and crosses into epoch 1.
-    whole = tiny(mask_vae, "mask_vae_tiny", train_dataset, max_steps=3, batch_size=16, checkpoint_every=1)
+    whole = tiny(mask_vae, "mask_vae_tiny", train_dataset, max_steps=5, batch_size=16, checkpoint_every=1)
     straight = ray_train.train(whole, ray_config(tmp_path / "a", num_workers=1, run_key="straight"))
 
+    def to(step):
+        return dataclasses.replace(whole, loop=dataclasses.replace(whole.loop, max_steps=step))
+
     config = ray_config(tmp_path / "b", num_workers=1, run_key="resumed")
-    first = ray_train.train(
-        dataclasses.replace(whole, loop=dataclasses.replace(whole.loop, max_steps=1)), config
-    )
+    first = ray_train.train(to(1), config)
     assert first.step == 1 and first.resumed_from_step is None
-    second = ray_train.train(whole, config)
+    second = ray_train.train(to(3), config)
     assert second.step == 3 and second.resumed_from_step == 1
     assert second.mlflow_run_id == first.mlflow_run_id
     client, runs = mlflow_runs(config.tracking, "maskvae")
     assert len(runs) == 1
     assert metric_steps(client, second.mlflow_run_id, "loss/total") == [1, 2, 3]  # none twice, none missing
 
+    # A job stopped after checkpoint 4 was uploaded but before Ray Train registered it: Ray hands the
+    # rerun checkpoint 3. The rerun must go on after step 4, not train step 4 again over the kept copy.
+    run_folder, straight_folder = (os.path.dirname(r.checkpoint_uri) for r in (second, straight))
+    unregistered = os.path.join(run_folder, "checkpoint_000000004")
+    shutil.copytree(os.path.join(straight_folder, "checkpoint_000000004"), unregistered)
+    kept = ckpt.read_meta(unregistered)
+    third = ray_train.train(whole, config)
+    assert third.step == 5 and third.resumed_from_step == 4
+    assert ckpt.read_meta(unregistered) == kept  # not written again
+    assert metric_steps(client, third.mlflow_run_id, "loss/total") == [1, 2, 3, 5]  # 4 ran in the other run
+
     # Same batches in the same order and the same RNG streams: the weights match the uninterrupted run.
     a = ckpt.load_weights(straight.checkpoint_uri, "mask_vae")
-    b = ckpt.load_weights(second.checkpoint_uri, "mask_vae")
+    b = ckpt.load_weights(third.checkpoint_uri, "mask_vae")
     for key in a:
         torch.testing.assert_close(b[key], a[key], rtol=0, atol=1e-6, msg=key)
 
     again = ray_train.train(whole, config)  # a finished run is not trained again
-    assert again.already_finished and again.step == 3 and again.checkpoint_uri == second.checkpoint_uri
-
-
-def test_resume_takes_the_run_folders_checkpoint_when_ray_registered_an_older_one(tmp_path, train_dataset):
-    # A job stopped after checkpoint 2 was uploaded but before Ray Train registered it: Ray hands the
-    # rerun checkpoint 1. The rerun must go on after step 2, not train step 2 again over the kept copy.
-    whole = tiny(mask_vae, "mask_vae_tiny", train_dataset, max_steps=3, batch_size=16, checkpoint_every=1)
-    straight = ray_train.train(whole, ray_config(tmp_path / "a", num_workers=1, run_key="straight"))
-    config = ray_config(tmp_path / "b", num_workers=1, run_key="stopped")
-    first = ray_train.train(
-        dataclasses.replace(whole, loop=dataclasses.replace(whole.loop, max_steps=1)), config
-    )
-    run_folder = os.path.dirname(first.checkpoint_uri)
-    unregistered = os.path.join(run_folder, "checkpoint_000000002")
-    shutil.copytree(
-        os.path.join(os.path.dirname(straight.checkpoint_uri), "checkpoint_000000002"), unregistered
-    )
-    kept = ckpt.read_meta(unregistered)
-
-    second = ray_train.train(whole, config)
-    assert second.step == 3 and second.resumed_from_step == 2
-    assert ckpt.read_meta(unregistered) == kept  # not written again
-    client, runs = mlflow_runs(config.tracking, "maskvae")
-    assert metric_steps(client, second.mlflow_run_id, "loss/total") == [1, 3]  # step 2 ran in the other run
-    a = ckpt.load_weights(straight.checkpoint_uri, "mask_vae")
-    b = ckpt.load_weights(second.checkpoint_uri, "mask_vae")
-    for key in a:
-        torch.testing.assert_close(b[key], a[key], rtol=0, atol=1e-6, msg=key)
+    assert again.already_finished and again.step == 5 and again.checkpoint_uri == third.checkpoint_uri
 
 
 def test_a_worker_that_dies_once_is_replaced_and_the_run_completes(tmp_path, train_dataset):
