@@ -57,34 +57,29 @@ def assert_checkpoint_loads(folder: Path) -> int:
     return meta["step"]
 
 
-@pytest.mark.timeout(1500)
-@pytest.mark.parametrize(
-    "how",
-    [
-        "SIGINT to the process group (Ctrl-C)",
-        "SIGTERM to the CLI process",
-    ],
-)
-def test_interrupted_training_keeps_complete_checkpoints_and_the_rerun_resumes(tmp_path, train_dataset, how):
-    run = tmp_path / "runs" / "dmn-interrupted"
+def interrupt(tmp_path: Path, data: str, run: Path, how: str, after_step: int) -> tuple[str, str]:
+    """Start the CLI (no step limit), send `how` once a complete checkpoint past after_step is there;
+    returns its stdout and stderr after checking it exited 130 with the one interrupted line."""
     process = subprocess.Popen(
-        command(tmp_path, train_dataset, max_steps=100_000), cwd=tmp_path, env=ENV, text=True,
+        command(tmp_path, data, max_steps=100_000), cwd=tmp_path, env=ENV, text=True,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
     )  # fmt: skip
+
+    def newest() -> int:
+        return max((int(f.name.split("_")[-1]) for f in checkpoint_dirs(run) if complete(f)), default=0)
+
     try:
         deadline = time.monotonic() + 600  # Ray's start-up alone can take minutes on a loaded machine
-        while time.monotonic() < deadline and process.poll() is None:
-            if any(complete(folder) for folder in checkpoint_dirs(run)):
-                break
+        while time.monotonic() < deadline and process.poll() is None and newest() <= after_step:
             time.sleep(0.05)
         assert process.poll() is None, (
-            f"the run ended before its first checkpoint: {process.stderr.read()[-3000:]}"
+            f"the run ended before a checkpoint past step {after_step}: {process.stderr.read()[-3000:]}"
         )
-        assert any(complete(folder) for folder in checkpoint_dirs(run)), "no checkpoint in 600 s"
-        if how.startswith("SIGINT"):
-            os.killpg(process.pid, signal.SIGINT)
+        assert newest() > after_step, f"no checkpoint past step {after_step} in 600 s"
+        if how == "SIGINT":
+            os.killpg(process.pid, signal.SIGINT)  # Ctrl-C in a terminal: the whole process group
         else:
-            os.kill(process.pid, signal.SIGTERM)
+            os.kill(process.pid, signal.SIGTERM)  # a scheduler stopping the CLI process
         stdout, stderr = process.communicate(timeout=180)
     finally:
         if process.poll() is None:
@@ -95,7 +90,11 @@ def test_interrupted_training_keeps_complete_checkpoints_and_the_rerun_resumes(t
     assert not [line for line in driver_lines if "Traceback" in line], stderr[-3000:]
     assert stderr.rstrip().splitlines()[-1] == INTERRUPTED
     assert stderr.count(INTERRUPTED) == 1
+    return stdout, stderr
 
+
+def assert_left_intact(run: Path) -> tuple[int, dict[str, dict]]:
+    """Every complete checkpoint loads, a cut-short copy reads as incomplete; (newest step, metas)."""
     folders = checkpoint_dirs(run)
     steps = [assert_checkpoint_loads(folder) for folder in folders if complete(folder)]
     assert steps and all(step % CHECKPOINT_EVERY == 0 for step in steps), folders
@@ -105,25 +104,49 @@ def test_interrupted_training_keeps_complete_checkpoints_and_the_rerun_resumes(t
                 ckpt.read_meta(str(folder))
     last = max(steps)
     assert ckpt.latest_checkpoint(str(run)) == str(run / f"checkpoint_{last:09d}")
+    return last, {folder.name: ckpt.read_meta(str(folder)) for folder in folders if complete(folder)}
+
+
+def assert_not_rewritten(run: Path, kept: dict[str, dict]) -> None:
+    """Resumed, not restarted: the checkpoints of an interrupted run are still there, unchanged."""
+    for name, meta in kept.items():
+        if (run / name).is_dir():  # --num-to-keep may have retired older ones
+            assert ckpt.read_meta(str(run / name)) == meta, name
+
+
+@pytest.mark.timeout(1800)
+def test_ctrl_c_then_sigterm_keep_complete_checkpoints_and_each_rerun_resumes(tmp_path, train_dataset):
+    run = tmp_path / "runs" / "dmn-interrupted"
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
-    (tracked,) = client.search_runs([client.get_experiment_by_name("maskgan").experiment_id])
+
+    def tracked_runs():
+        return client.search_runs([client.get_experiment_by_name("maskgan").experiment_id])
+
+    interrupt(tmp_path, train_dataset, run, "SIGINT", after_step=0)
+    first, kept = assert_left_intact(run)
+    (tracked,) = tracked_runs()
     assert tracked.info.status == "KILLED"
 
-    kept = {folder.name: ckpt.read_meta(str(folder)) for folder in folders if complete(folder)}
-    finish = last + 2
+    # The rerun resumes after `first`, and a SIGTERM later leaves its checkpoints as intact.
+    interrupt(tmp_path, train_dataset, run, "SIGTERM", after_step=first)
+    assert_not_rewritten(run, kept)
+    second, kept = assert_left_intact(run)
+    assert second > first
+    (again,) = tracked_runs()
+    assert again.info.run_id == tracked.info.run_id and again.info.status == "KILLED"
+
+    finish = second + 2
     rerun = subprocess.run(
         command(tmp_path, train_dataset, max_steps=finish), cwd=tmp_path, env=ENV, capture_output=True,
         text=True, timeout=300,
     )  # fmt: skip
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert f"trained to step {finish}" in rerun.stdout, rerun.stdout
-    # Resumed, not restarted: the checkpoints of the interrupted run are still there, not rewritten.
-    for name, meta in kept.items():
-        if (run / name).is_dir():
-            assert ckpt.read_meta(str(run / name)) == meta, name
-    assert (run / f"checkpoint_{last:09d}").is_dir()
+    assert f"trained to step {finish}" in rerun.stdout and f"resumed after step {second}" in rerun.stdout, (
+        rerun.stdout
+    )
+    assert_not_rewritten(run, kept)
     assert assert_checkpoint_loads(run / f"checkpoint_{finish:09d}") == finish
-    (again,) = client.search_runs([client.get_experiment_by_name("maskgan").experiment_id])
-    assert again.info.run_id == tracked.info.run_id and again.info.status == "FINISHED"
-    steps_logged = sorted(m.step for m in client.get_metric_history(again.info.run_id, "loss/g_total"))
+    (done,) = tracked_runs()
+    assert done.info.run_id == tracked.info.run_id and done.info.status == "FINISHED"
+    steps_logged = sorted(m.step for m in client.get_metric_history(done.info.run_id, "loss/g_total"))
     assert steps_logged[-1] == finish  # the steps after the last checkpoint are trained (and logged) again
