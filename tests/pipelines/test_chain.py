@@ -1,14 +1,18 @@
-"""The retraining chain (`train_ebst.py --chain`, maskgan.chain) end to end on tiny presets, real Ray
-(the session's runtime, joined through RAY_ADDRESS), a real SQLite MLflow store.
+"""The retraining chain (maskgan.chain) end to end through the main job (`make run`:
+pipelines/run_pipeline.py, synthetic data -> Parquet -> the chain) on tiny presets, real Ray (the
+session's runtime, joined through RAY_ADDRESS), a real SQLite MLflow store. `train_ebst.py --chain`, the
+scheduled job's entrypoint, runs the same chain: tests/cluster/test_chain_job.py submits it to a real
+cluster; here it is asked to reuse this chain's key with another config.
 
-One chain is SIGKILLed once its DMN run has finished (seen from the storage folders), resubmitted with
-the same key (it completes), and submitted a third time (nothing to do); the tests read what each left.
+One main job is SIGKILLed once its DMN run has finished (seen from the storage folders), run again (it
+completes), and a third time (nothing to do); the tests read what each left.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -24,13 +28,13 @@ from maskgan.registry import MODEL_NAMES, RUN_KEY_TAG, champion_version
 from maskgan.tracking import TrackingConfig
 
 REPO = Path(__file__).resolve().parents[2]
-KEY = "chain-test-1"
-# Three chain submissions (tiny presets, 2 steps each) share the module fixture; the budget covers a
-# loaded 2-core machine (about 10 min there), not a wall-time claim.
+# The main job runs three times (tiny presets, 2 steps per stage) in the module fixture; the budget
+# covers a loaded 2-core machine (about 10 min there), not a wall-time claim.
 pytestmark = pytest.mark.timeout(3600)
+MAIN_JOB_ARGS = ["--num-images", "16", "--resolution", "32", "--image-size", "64", "--max-steps", "2"]
 
 
-def chain_command(data: str, storage: str, mlflow_uri: str, key: str = KEY, *extra: str) -> list[str]:
+def chain_command(data: str, storage: str, mlflow_uri: str, key: str, *extra: str) -> list[str]:
     return [
         sys.executable, str(REPO / "pipelines" / "train_ebst.py"), "--chain", "--preset", "ebst_tiny",
         "--data", data, "--storage", storage, "--mlflow-uri", mlflow_uri, "--run-key", key,
@@ -71,48 +75,57 @@ def mlflow_state(uri: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def chain_runs(tmp_path_factory, ray_session, train_dataset):
-    """SIGKILL once the DMN finished, resubmit (completes), submit again (no-op)."""
+def chain_runs(tmp_path_factory, ray_session):
+    """The main job SIGKILLed once the DMN finished, run again (completes), and again (no-op)."""
     root = tmp_path_factory.mktemp("chain")
-    storage, uri = str(root / "runs"), f"sqlite:///{root}/mlflow.db"
+    workdir = root / "quickstart"
+    storage, uri = workdir / "train", f"sqlite:///{workdir}/mlflow.db"
     env = environment(ray_session.get_runtime_context().gcs_address)
-    command = chain_command(train_dataset, storage, uri)
-    # The DMN has finished (and is recorded) once the EBST run folder appears.
-    dmn_done, ebst_started = Path(storage) / f"dmn-{KEY}" / "result.json", Path(storage) / f"ebst-{KEY}"
+    command = [sys.executable, str(REPO / "pipelines" / "run_pipeline.py"), "--workdir", str(workdir),
+               *MAIN_JOB_ARGS]  # fmt: skip
     with open(root / "first.log", "w") as log:
         first = subprocess.Popen(command, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 1800
-        while not ebst_started.exists() and first.poll() is None and time.monotonic() < deadline:
+        # It prints its run key before training; the DMN has finished (and is recorded) once the EBST
+        # run folder appears.
+        key, deadline = None, time.monotonic() + 1800
+        while first.poll() is None and time.monotonic() < deadline:
+            if key is None:
+                found = re.search(r"run key (\S+)", (root / "first.log").read_text())
+                key = found and found[1]
+            elif (storage / f"ebst-{key}").exists():
+                break
             time.sleep(0.2)
         killed_while_running = first.poll() is None
         first.send_signal(signal.SIGKILL)
         first.wait()
     first_log = (root / "first.log").read_text()
-    assert killed_while_running and dmn_done.exists(), first_log[-3000:]
-    state_after_kill = json.loads((Path(storage) / f"chain-{KEY}" / chain.STATE_FILE).read_text())["steps"]
+    assert key and killed_while_running and (storage / f"dmn-{key}" / "result.json").exists(), first_log[
+        -3000:
+    ]
+    state_after_kill = json.loads((storage / f"chain-{key}" / chain.STATE_FILE).read_text())["steps"]
     mlflow_after_kill = mlflow_state(uri)
 
     second = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=1800)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-    summary_path = Path(storage) / f"chain-{KEY}" / chain.SUMMARY_FILE
+    summary_path = storage / f"chain-{key}" / chain.SUMMARY_FILE
     summary_text = summary_path.read_text()
     mlflow_after_second = mlflow_state(uri)
 
     third = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=1800)
     return {
-        "root": root, "storage": storage, "uri": uri, "state_after_kill": state_after_kill,
-        "mlflow_after_kill": mlflow_after_kill, "second": second, "summary_text": summary_text,
-        "summary": json.loads(summary_text), "mlflow_after_second": mlflow_after_second, "third": third,
-        "summary_path": summary_path,
+        "root": root, "workdir": workdir, "key": key, "storage": str(storage), "uri": uri,
+        "state_after_kill": state_after_kill, "mlflow_after_kill": mlflow_after_kill, "second": second,
+        "summary_text": summary_text, "summary": json.loads(summary_text),
+        "mlflow_after_second": mlflow_after_second, "third": third, "summary_path": summary_path,
     }  # fmt: skip
 
 
 def test_chain_promotes_an_editor_champion_and_its_summary_names_it(chain_runs):
-    summary, uri = chain_runs["summary"], chain_runs["uri"]
+    summary, uri, key = chain_runs["summary"], chain_runs["uri"], chain_runs["key"]
     tracking = TrackingConfig(tracking_uri=uri)
     champion = champion_version(tracking, "maskgan-editor")
     assert champion is not None
-    assert summary["status"] == "succeeded" and summary["run_key"] == KEY
+    assert summary["status"] == "succeeded" and summary["run_key"] == key
     assert summary["champion"] == {
         "model": "maskgan-editor", "version": champion, "uri": "models:/maskgan-editor@champion",
         "metrics": summary["evaluations"]["editor"]["metrics"],
@@ -122,11 +135,22 @@ def test_chain_promotes_an_editor_champion_and_its_summary_names_it(chain_runs):
     printed = chain_runs["second"].stdout
     assert f"champion: maskgan-editor v{champion} (models:/maskgan-editor@champion)" in printed
     assert "mlflow ui --backend-store-uri " + uri in printed and "image grids:" in printed
+    assert "metrics: {" in printed
+    section = printed.split("image grids:")[1].split("summary:")[0]
+    printed_grids = [
+        line.split()[-1].removeprefix("file://") for line in section.splitlines() if line.strip()
+    ]
+    assert printed_grids and all(any(Path(grid).glob("*.png")) for grid in printed_grids)
     client = mlflow.MlflowClient(uri)
+    # data, then every stage of the chain, tracked in the main job's one SQLite store
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert sorted(run.data.tags["maskgan.stage"] for run in runs) == sorted(
+        ["maskvae", "dmn", "ebst", "parser", *["evaluation"] * 4]
+    )
     # every stage model is registered from this chain, tagged with its key, and (first ones) champion
     for name in MODEL_NAMES:
         assert champion_version(tracking, name) is not None, name
-        assert client.get_model_version(name, "1").tags[RUN_KEY_TAG] == KEY
+        assert client.get_model_version(name, "1").tags[RUN_KEY_TAG] == key
     # the summary's MLflow runs exist and finished; the editor pyfunc sits in the EBST run
     for label, run_id in summary["mlflow_runs"].items():
         assert client.get_run(run_id).info.status == "FINISHED", label
@@ -136,13 +160,13 @@ def test_chain_promotes_an_editor_champion_and_its_summary_names_it(chain_runs):
 
 
 def test_a_killed_chain_resumes_without_redoing_or_duplicating(chain_runs):
-    killed = chain_runs["state_after_kill"]
+    killed, key = chain_runs["state_after_kill"], chain_runs["key"]
     assert {"train/maskvae", "train/dmn"} <= set(killed) and "gate/editor" not in killed
     printed = chain_runs["second"].stdout
-    assert f"maskvae run maskvae-{KEY}: already finished" not in printed  # not even asked again: recorded
-    assert f"[chain {KEY}] train/maskvae: done earlier" in printed
-    assert f"[chain {KEY}] train/dmn: done earlier" in printed
-    assert f"ebst run ebst-{KEY}:" in printed
+    assert f"maskvae run maskvae-{key}: already finished" not in printed  # not even asked again: recorded
+    assert f"[chain {key}] train/maskvae: done earlier" in printed
+    assert f"[chain {key}] train/dmn: done earlier" in printed
+    assert f"ebst run ebst-{key}:" in printed
     after = chain_runs["mlflow_after_second"]
     # MLflow runs found by (stage, run key) after the kill: one per stage, none left RUNNING
     stages = Counter(stage for _, stage, _, _ in after["runs"])
@@ -161,24 +185,30 @@ def test_a_killed_chain_resumes_without_redoing_or_duplicating(chain_runs):
 
 
 def test_rerun_of_a_finished_key_trains_and_registers_nothing(chain_runs):
-    third = chain_runs["third"]
+    third, key = chain_runs["third"], chain_runs["key"]
     assert third.returncode == 0, third.stderr[-3000:]
-    assert f"chain {KEY} already finished" in third.stdout and "nothing to do" in third.stdout
+    assert "already up to date" in third.stdout  # the data part: the Parquet output is reused
+    assert f"chain {key} already finished" in third.stdout and "nothing to do" in third.stdout
+    champion = champion_version(TrackingConfig(tracking_uri=chain_runs["uri"]), "maskgan-editor")
+    assert f"champion: maskgan-editor v{champion}" in third.stdout  # it still says what serves
     assert "trained to step" not in third.stdout and "Started a local Ray instance" not in third.stderr
     assert mlflow_state(chain_runs["uri"]) == chain_runs["mlflow_after_second"]
     assert chain_runs["summary_path"].read_text() == chain_runs["summary_text"]
 
 
-def test_same_key_with_another_config_is_refused(chain_runs, train_dataset):
+def test_same_key_with_another_config_is_refused(chain_runs):
+    """The scheduled job's entrypoint (`train_ebst.py --chain`) asked to reuse the main job's key with
+    another config: refused, nothing changes."""
     env = environment(None)
+    data = str(chain_runs["workdir"] / "parquet")
     command = chain_command(
-        train_dataset, chain_runs["storage"], chain_runs["uri"], KEY, "--gate-margin", "0.5"
+        data, chain_runs["storage"], chain_runs["uri"], chain_runs["key"], "--gate-margin", "0.5"
     )
     completed = subprocess.run(
         command, cwd=chain_runs["root"], env=env, capture_output=True, text=True, timeout=300
     )
     assert completed.returncode == 1
-    assert f"run key {KEY} was used by a chain with another config" in completed.stderr
+    assert f"run key {chain_runs['key']} was used by a chain with another config" in completed.stderr
     assert mlflow_state(chain_runs["uri"]) == chain_runs["mlflow_after_second"]
 
 

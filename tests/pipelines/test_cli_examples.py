@@ -63,7 +63,7 @@ def test_every_help_example_runs(tmp_path, ray_session, s3_server):
         for example in help_examples(build_parser):
             if example[1] == "pipelines/run_pipeline.py" and "--no-train" not in example:
                 # The whole chain behind the main job (4 trainings, evaluations, registry, gate: ~2 min a
-                # run) is what tests/pipelines/test_run_pipeline.py runs; here its examples' data part.
+                # run) is what tests/pipelines/test_chain.py runs; here its examples' data part.
                 example = [*example, "--no-train"]
             command = [sys.executable, str(REPO / example[1])] + [
                 re.sub(r"^s3://bucket\b", f"s3://{bucket}", arg).replace("http://127.0.0.1:9000", s3_server)

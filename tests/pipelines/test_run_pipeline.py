@@ -1,4 +1,5 @@
-"""The main job (`make run`) end to end on a tiny configuration, and its reruns with other flags."""
+"""The main job (`make run`): its data part on a tiny configuration, and its reruns with other flags.
+The whole job (data -> the chain -> champion), killed and run again, is tests/pipelines/test_chain.py."""
 
 from __future__ import annotations
 
@@ -103,52 +104,3 @@ def test_a_raw_folder_it_did_not_write_is_not_replaced(tmp_path):
     with pytest.raises(PreprocessError, match="did not write them"):
         entry.main(entry.PipelineConfig(workdir=str(tmp_path), num_images=2, resolution=32))
     assert (tmp_path / "celebamask-hq" / "mine.jpg").read_bytes() == b"a person's photo"
-
-
-@pytest.mark.timeout(1800)  # the whole chain (4 stages, 4 evaluations) on a loaded 2-core machine
-def test_main_job_trains_the_chain_and_a_rerun_trains_nothing(tmp_path, ray_session, capsys):
-    """`make run` goes on from preprocessing to the whole chain (MaskVAE, DMN, EBST, parser, evaluation,
-    registry, gate), tracked in one SQLite MLflow; it prints the champion, the grids and the UI command."""
-    import os
-
-    import mlflow
-
-    args = ["--workdir", str(tmp_path), "--num-images", "16", "--resolution", "32", "--image-size", "64",
-            "--max-steps", "2"]  # fmt: skip
-    assert entry.cli(args) == 0
-    printed = capsys.readouterr().out
-    assert "mlflow ui --backend-store-uri sqlite:///" in printed and "image grids:" in printed
-    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
-    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
-    stages = sorted(run.data.tags["maskgan.stage"] for run in runs)
-    assert stages == [
-        "dmn",
-        "ebst",
-        "evaluation",
-        "evaluation",
-        "evaluation",
-        "evaluation",
-        "maskvae",
-        "parser",
-    ]
-    assert all(run.info.status == "FINISHED" for run in runs)
-    champion = client.get_registered_model("maskgan-editor").aliases["champion"]
-    assert f"champion: maskgan-editor v{champion} (models:/maskgan-editor@champion)" in printed
-    assert "metrics: {" in printed
-    section = printed.split("image grids:")[1].split("summary:")[0]
-    grids = [line.split()[-1].removeprefix("file://") for line in section.splitlines() if line.strip()]
-    assert grids and all(any(name.endswith(".png") for name in os.listdir(grid)) for grid in grids)
-
-    assert entry.cli(args) == 0  # the rerun finds the chain finished
-    again = capsys.readouterr().out
-    assert "already finished" in again and "nothing to do" in again and "trained to step" not in again
-    assert f"champion: maskgan-editor v{champion}" in again
-    runs_after = client.search_runs([e.experiment_id for e in client.search_experiments()])
-    assert sorted(run.info.run_id for run in runs_after) == sorted(run.info.run_id for run in runs)
-    assert [int(v.version) for v in client.search_model_versions("name = 'maskgan-editor'")] == [1]
-    steps = {
-        run.data.tags["maskgan.stage"]: client.get_metric_history(run.info.run_id, "loss/total")
-        for run in runs_after
-        if run.data.tags["maskgan.stage"] != "evaluation"
-    }
-    assert all(len({m.step for m in history}) == len(history) for history in steps.values())
