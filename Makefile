@@ -40,13 +40,8 @@ $(CHROMIUM_STAMP): $(STAMP)
 
 browser: $(CHROMIUM_STAMP)
 
-# Two pytest workers, a test module each at a time (its module fixtures stay in one process): the
-# suite waits on Ray start-ups and subprocesses much of the time, so two share two cores well.
-# TEST_WORKERS=0 runs it in one process.
-TEST_WORKERS ?= 2
-
 test: $(STAMP) $(CHROMIUM_STAMP)
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadscope $(ARGS)
+	$(PY) -m pytest $(ARGS)
 
 clean:
 	rm -rf runs .pytest_cache
