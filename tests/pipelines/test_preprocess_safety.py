@@ -317,7 +317,10 @@ def test_a_shard_a_killed_runs_task_drops_in_during_the_run_is_swept_before_the_
     manifest_existed = []
 
     def lingering_task():
+        deadline = time.monotonic() + 120
         while not (out / output_dir.WRITER_NAME).exists():  # the new run has claimed the folder
+            if time.monotonic() > deadline:
+                return  # never claimed: the assertion on `dropped` below says so
             time.sleep(0.01)
         manifest_existed.append((out / schema.MANIFEST_NAME).exists())
         (out / LEFTOVER).parent.mkdir(parents=True, exist_ok=True)
