@@ -42,7 +42,12 @@ def checkpoint_dirs(run: Path) -> list[Path]:
 
 
 def complete(folder: Path) -> bool:
-    return (folder / ckpt.META_FILE).is_file()
+    """meta.json there and every file it lists at its full size (a copy cut short can have meta.json)."""
+    try:
+        ckpt.read_meta(str(folder))
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def assert_checkpoint_loads(folder: Path) -> int:
